@@ -1,0 +1,4 @@
+"""omicsweep: distributed hyperparameter sweeps and reproducible leaderboards for expression data."""
+
+__version__ = "0.1.0"
+__all__ = ["__version__"]

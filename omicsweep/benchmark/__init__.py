@@ -1,0 +1,1 @@
+"""One trial, one sweep, distributed strategies. The only package that knows Ray."""

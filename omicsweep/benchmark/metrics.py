@@ -1,0 +1,111 @@
+"""Every metric we report, in one place, vectorised over classes (L1000 has thousands).
+
+Each is checked against scikit-learn in tests/test_metrics.py. Conventions follow scikit-learn:
+- macro precision/recall/F1 average over classes present in y_true or y_pred (0 where undefined);
+- balanced accuracy = mean recall over classes present in y_true;
+- macro AUROC / AUPRC average one-vs-rest scores over classes with at least one positive (and, for AUROC, one
+  negative) in y_true, since the others are undefined;
+- rank-k accuracy ranks scores like `top_k_accuracy_score` (stable sort, ties broken toward lower class index).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import rankdata
+
+METRIC_NAMES = (
+    "accuracy",
+    "balanced_accuracy",
+    "macro_precision",
+    "macro_recall",
+    "macro_f1",
+    "macro_auroc",
+    "macro_auprc",
+    "rank1_accuracy",
+    "rank5_accuracy",
+)
+
+
+def _confusion_counts(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int):
+    tp = np.bincount(y_true[y_true == y_pred], minlength=n_classes).astype(float)
+    true_count = np.bincount(y_true, minlength=n_classes).astype(float)
+    pred_count = np.bincount(y_pred, minlength=n_classes).astype(float)
+    return tp, true_count, pred_count
+
+
+def _safe_divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    out = np.zeros_like(num, dtype=float)
+    np.divide(num, den, out=out, where=den > 0)
+    return out
+
+
+def per_class_prf(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict[str, np.ndarray]:
+    """Per-class precision, recall, F1 and support (zero where undefined)."""
+    tp, true_count, pred_count = _confusion_counts(y_true, y_pred, n_classes)
+    precision = _safe_divide(tp, pred_count)
+    recall = _safe_divide(tp, true_count)
+    f1 = _safe_divide(2 * tp, true_count + pred_count)
+    return {"precision": precision, "recall": recall, "f1": f1, "support": true_count}
+
+
+def macro_auroc(y_true: np.ndarray, proba: np.ndarray) -> float:
+    """Mean one-vs-rest AUROC via the rank-sum (Mann-Whitney) statistic, tie-corrected."""
+    n_classes = proba.shape[1]
+    positives = y_true[:, None] == np.arange(n_classes)[None, :]
+    n_pos = positives.sum(axis=0)
+    n_neg = len(y_true) - n_pos
+    valid = (n_pos > 0) & (n_neg > 0)
+    if not valid.any():
+        return float("nan")
+    ranks = rankdata(proba[:, valid], axis=0)
+    pos_rank_sum = (ranks * positives[:, valid]).sum(axis=0)
+    auc = (pos_rank_sum - n_pos[valid] * (n_pos[valid] + 1) / 2) / (n_pos[valid] * n_neg[valid])
+    return float(auc.mean())
+
+
+def average_precision(is_positive: np.ndarray, score: np.ndarray) -> float:
+    """Area under the precision-recall step curve, thresholds at distinct scores (scikit-learn's definition)."""
+    order = np.argsort(-score, kind="mergesort")
+    sorted_score, hits = score[order], is_positive[order]
+    last_of_group = np.r_[np.flatnonzero(np.diff(sorted_score)), len(sorted_score) - 1]
+    tps = np.cumsum(hits)[last_of_group]
+    precision = tps / (last_of_group + 1)
+    recall = tps / tps[-1]
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def macro_auprc(y_true: np.ndarray, proba: np.ndarray) -> float:
+    present = np.unique(y_true)
+    if len(present) == 0:
+        return float("nan")
+    return float(np.mean([average_precision(y_true == c, proba[:, c]) for c in present]))
+
+
+def rank_k_accuracy(y_true: np.ndarray, proba: np.ndarray, k: int) -> float:
+    k = min(k, proba.shape[1])
+    top = np.argsort(proba, axis=1, kind="mergesort")[:, ::-1][:, :k]
+    return float((top == y_true[:, None]).any(axis=1).mean())
+
+
+def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+    """All reported metrics from true labels (n,) and class probabilities (n, classes)."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    proba = np.asarray(proba, dtype=np.float64)
+    if len(y_true) == 0:
+        return {name: float("nan") for name in METRIC_NAMES}
+    n_classes = proba.shape[1]
+    y_pred = proba.argmax(axis=1)
+    prf = per_class_prf(y_true, y_pred, n_classes)
+    seen = (prf["support"] > 0) | (np.bincount(y_pred, minlength=n_classes) > 0)
+    in_truth = prf["support"] > 0
+    return {
+        "accuracy": float((y_pred == y_true).mean()),
+        "balanced_accuracy": float(prf["recall"][in_truth].mean()),
+        "macro_precision": float(prf["precision"][seen].mean()),
+        "macro_recall": float(prf["recall"][seen].mean()),
+        "macro_f1": float(prf["f1"][seen].mean()),
+        "macro_auroc": macro_auroc(y_true, proba),
+        "macro_auprc": macro_auprc(y_true, proba),
+        "rank1_accuracy": rank_k_accuracy(y_true, proba, 1),
+        "rank5_accuracy": rank_k_accuracy(y_true, proba, 5),
+    }

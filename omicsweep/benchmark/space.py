@@ -1,0 +1,113 @@
+"""Search-space YAML files: model defaults plus the dimensions a sweep samples.
+
+    defaults:            # the study's best setting; `omicsweep train` uses it as is
+      lr: 1.0e-6
+    space:               # one kind per dimension
+      lr: {loguniform: [1.0e-6, 1.0e-1]}
+      n_layers: {int: [1, 3]}            # inclusive
+      width: {choice: [256, 1024, 8192]}
+      dropout: {uniform: [0.0, 0.6]}
+    max_trials: 1        # optional cap, e.g. for a model with nothing to search
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from omicsweep.errors import ConfigError
+
+KINDS = ("uniform", "loguniform", "int", "logint", "choice")
+
+
+@dataclass(frozen=True)
+class Dimension:
+    name: str
+    kind: str
+    args: tuple
+
+    def to_tune(self):
+        from ray import tune
+
+        if self.kind == "uniform":
+            return tune.uniform(*self.args)
+        if self.kind == "loguniform":
+            return tune.loguniform(*self.args)
+        if self.kind == "int":
+            return tune.randint(self.args[0], self.args[1] + 1)
+        if self.kind == "logint":
+            return tune.lograndint(self.args[0], self.args[1] + 1)
+        return tune.choice(list(self.args))
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    path: Path
+    defaults: dict[str, Any]
+    dimensions: tuple[Dimension, ...] = field(default=())
+    max_trials: int | None = None
+
+    def to_tune(self) -> dict[str, Any]:
+        return {d.name: d.to_tune() for d in self.dimensions}
+
+    def n_trials(self, requested: int) -> int:
+        if not self.dimensions:
+            return 1
+        return min(requested, self.max_trials) if self.max_trials else requested
+
+
+def _parse_dimension(name: str, spec: Any, where: str) -> Dimension:
+    if not isinstance(spec, dict) or len(spec) != 1:
+        raise ConfigError(f"{where}: space.{name} must be a mapping with one of {', '.join(KINDS)}")
+    kind, args = next(iter(spec.items()))
+    if kind not in KINDS:
+        raise ConfigError(f"{where}: space.{name} has unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if not isinstance(args, list) or not args:
+        raise ConfigError(f"{where}: space.{name}.{kind} must be a non-empty list")
+    if kind == "choice":
+        return Dimension(name, kind, tuple(args))
+    if len(args) != 2 or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
+        raise ConfigError(f"{where}: space.{name}.{kind} must be [low, high] numbers, got {args!r}")
+    low, high = args
+    if low >= high and not (kind in ("int", "logint") and low == high):
+        raise ConfigError(f"{where}: space.{name}.{kind} needs low < high, got [{low}, {high}]")
+    if kind in ("loguniform", "logint") and low <= 0:
+        raise ConfigError(f"{where}: space.{name}.{kind} needs low > 0 on a log scale, got {low}")
+    if kind in ("int", "logint") and not (float(low).is_integer() and float(high).is_integer()):
+        raise ConfigError(f"{where}: space.{name}.{kind} needs integer bounds, got [{low}, {high}]")
+    if kind in ("int", "logint"):
+        return Dimension(name, kind, (int(low), int(high)))
+    return Dimension(name, kind, (float(low), float(high)))
+
+
+def load_space(path: Path) -> SearchSpace:
+    """Parse and validate a search-space file; every problem is a one-line ConfigError naming the file."""
+    path = Path(path)
+    where = str(path)
+    if not path.is_file():
+        raise ConfigError(f"{where}: search-space file not found")
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{where}: malformed YAML{at}: {getattr(exc, 'problem', exc)}") from None
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{where}: top level must be a mapping with 'defaults' and 'space'")
+    unknown = set(doc) - {"defaults", "space", "max_trials"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown top-level key(s) {', '.join(sorted(unknown))}")
+    defaults = doc.get("defaults") or {}
+    space = doc.get("space") or {}
+    if not isinstance(defaults, dict) or not isinstance(space, dict):
+        raise ConfigError(f"{where}: 'defaults' and 'space' must be mappings")
+    max_trials = doc.get("max_trials")
+    if max_trials is not None and (not isinstance(max_trials, int) or max_trials < 1):
+        raise ConfigError(f"{where}: max_trials must be a positive integer")
+    dims = tuple(_parse_dimension(str(name), spec, where) for name, spec in space.items())
+    return SearchSpace(path=path, defaults=dict(defaults), dimensions=dims, max_trials=max_trials)

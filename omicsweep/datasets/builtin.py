@@ -1,0 +1,76 @@
+"""Built-in datasets, ingested on first use into a cache folder, and resolution of names or store paths."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from omicsweep.errors import InputError, UnknownNameError
+
+
+@dataclass(frozen=True)
+class BuiltinDataset:
+    name: str
+    description: str
+    label_col: str
+    use_raw: bool
+    load: Callable[[], object]  # returns an AnnData; must not touch the network
+
+
+def _pbmc68k_reduced():
+    import scanpy as sc
+
+    return sc.datasets.pbmc68k_reduced()  # shipped inside the scanpy wheel: no download
+
+
+BUILTIN: dict[str, BuiltinDataset] = {
+    "pbmc68k": BuiltinDataset(
+        name="pbmc68k",
+        description="700 PBMCs x 765 genes shipped with scanpy (pbmc68k_reduced), log-normalized .raw, bulk_labels",
+        label_col="bulk_labels",
+        use_raw=True,
+        load=_pbmc68k_reduced,
+    ),
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("OMICSWEEP_CACHE", Path.home() / ".cache" / "omicsweep"))
+
+
+def available_datasets() -> list[str]:
+    return sorted(BUILTIN)
+
+
+def resolve_dataset(name_or_path: str, *, seed: int = 0) -> tuple[str, Path]:
+    """A built-in name (ingested on first use) or a store path -> (dataset name, store path)."""
+    from omicsweep.datasets.ingest import ingest_anndata
+
+    if name_or_path in BUILTIN:
+        spec = BUILTIN[name_or_path]
+        store = cache_dir() / f"{spec.name}-seed{seed}.zarr"
+        if not store.exists():
+            try:
+                ingest_anndata(
+                    spec.load(),
+                    label_col=spec.label_col,
+                    out=store,
+                    source=f"builtin:{spec.name}",
+                    use_raw=spec.use_raw,
+                    seed=seed,
+                    extra_provenance={"builtin": spec.name, "description": spec.description},
+                )
+            except InputError:
+                if not store.exists():  # another process may have won the race to write it
+                    raise
+        return spec.name, store
+    path = Path(name_or_path)
+    if path.exists():
+        if not (path / "zarr.json").exists():
+            raise InputError(f"{path}: not a zarr store; ingest it first with `omicsweep ingest`")
+        return path.name.removesuffix(".zarr"), path
+    if os.sep in name_or_path or name_or_path.endswith(".zarr"):
+        raise InputError(f"{path}: store not found")
+    raise UnknownNameError("dataset", name_or_path, available_datasets())

@@ -1,0 +1,19 @@
+"""Model families, one module each, registered by name."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from omicsweep.models.base import CELL_CLASSIFICATION, ModelEntry, Task, available_models, get_model, register
+
+__all__ = ["CELL_CLASSIFICATION", "ModelEntry", "Task", "available_models", "get_model", "load_all", "register"]
+
+_NOT_MODELS = {"base", "estimator_state"}
+
+
+def load_all() -> None:
+    """Import every module in this package so each registers its models."""
+    for info in pkgutil.iter_modules(__path__):
+        if info.name not in _NOT_MODELS and not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")

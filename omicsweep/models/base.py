@@ -1,0 +1,73 @@
+"""The model contract: a registry of named entries, each building a model from a config dict and a task.
+
+A new model is one module in this package that calls `register(...)`, plus `search_spaces/<name>.yaml`.
+The CLI, the sweep, the tests and the leaderboard find it through the registry; nothing else changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from omicsweep.errors import UnknownNameError
+
+Family = Literal["torch", "estimator"]
+CELL_CLASSIFICATION = "cell_classification"
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a sample is and what is predicted; models declare which task kinds they accept."""
+
+    n_features: int
+    n_classes: int
+    kind: str = CELL_CLASSIFICATION
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model.
+
+    family 'torch': build returns an nn.Module mapping [batch, features] to class logits; the shared training
+    loop owns optimisation. family 'estimator': build returns a scikit-learn-style object with fit(X, y) and
+    predict_proba(X).
+    """
+
+    name: str
+    family: Family
+    build: Callable[[dict[str, Any], Task], Any]
+    description: str
+    role: Literal["model", "baseline", "control"] = "model"
+    tasks: tuple[str, ...] = field(default=(CELL_CLASSIFICATION,))
+
+    @property
+    def space_file(self) -> Path:
+        return Path(str(resources.files("omicsweep.search_spaces") / f"{self.name}.yaml"))
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register(entry: ModelEntry) -> ModelEntry:
+    if entry.name in _REGISTRY and _REGISTRY[entry.name] is not entry:
+        raise ValueError(f"model {entry.name!r} is registered twice")
+    _REGISTRY[entry.name] = entry
+    return entry
+
+
+def get_model(name: str) -> ModelEntry:
+    from omicsweep.models import load_all
+
+    load_all()
+    if name not in _REGISTRY:
+        raise UnknownNameError("model", name, list(_REGISTRY))
+    return _REGISTRY[name]
+
+
+def available_models() -> list[str]:
+    from omicsweep.models import load_all
+
+    load_all()
+    return sorted(_REGISTRY)

@@ -1,0 +1,24 @@
+"""Controls: models that cannot learn from expression. Every leaderboard shows them beside the real models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omicsweep.models.base import ModelEntry, Task, register
+
+
+def build_majority(config: dict[str, Any], task: Task):
+    from sklearn.dummy import DummyClassifier
+
+    return DummyClassifier(strategy="most_frequent")
+
+
+register(
+    ModelEntry(
+        name="majority",
+        family="estimator",
+        build=build_majority,
+        description="predicts the most frequent training class (control)",
+        role="control",
+    )
+)

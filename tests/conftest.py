@@ -1,0 +1,70 @@
+"""Shared fixtures: one Ray session per test run, real scanpy data, a private cache folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Built-in datasets are ingested into a per-run cache, never the user's."""
+    folder = tmp_path_factory.mktemp("cache")
+    os.environ["OMICSWEEP_CACHE"] = str(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One embedded Ray for the whole run; sweeps reuse it instead of starting their own."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def pbmc_adata():
+    import scanpy as sc
+
+    return sc.datasets.pbmc68k_reduced()
+
+
+@pytest.fixture(scope="session")
+def pbmc_h5ad(pbmc_adata, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("h5ad") / "pbmc68k_reduced.h5ad"
+    pbmc_adata.write_h5ad(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def pbmc_store(private_cache) -> Path:
+    from omicsweep.datasets import resolve_dataset
+
+    return resolve_dataset("pbmc68k")[1]
+
+
+@pytest.fixture
+def cli():
+    """Invoke the real CLI in-process; returns (exit_code, stdout, stderr)."""
+    from typer.testing import CliRunner
+
+    from omicsweep.cli import app
+
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        result = runner.invoke(app, [str(a) for a in args])
+        return result.exit_code, result.stdout, result.stderr
+
+    return invoke
