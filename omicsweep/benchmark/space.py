@@ -8,6 +8,8 @@
       width: {choice: [256, 1024, 8192]}
       dropout: {uniform: [0.0, 0.6]}
     max_trials: 1        # optional cap, e.g. for a model with nothing to search
+    tiny:                # optional overrides that make the model small and quick (conformance tests)
+      width: 32
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class SearchSpace:
     defaults: dict[str, Any]
     dimensions: tuple[Dimension, ...] = field(default=())
     max_trials: int | None = None
+    tiny: dict[str, Any] = field(default_factory=dict)
 
     def to_tune(self) -> dict[str, Any]:
         return {d.name: d.to_tune() for d in self.dimensions}
@@ -99,15 +102,16 @@ def load_space(path: Path) -> SearchSpace:
         doc = {}
     if not isinstance(doc, dict):
         raise ConfigError(f"{where}: top level must be a mapping with 'defaults' and 'space'")
-    unknown = set(doc) - {"defaults", "space", "max_trials"}
+    unknown = set(doc) - {"defaults", "space", "max_trials", "tiny"}
     if unknown:
         raise ConfigError(f"{where}: unknown top-level key(s) {', '.join(sorted(unknown))}")
     defaults = doc.get("defaults") or {}
     space = doc.get("space") or {}
-    if not isinstance(defaults, dict) or not isinstance(space, dict):
-        raise ConfigError(f"{where}: 'defaults' and 'space' must be mappings")
+    tiny = doc.get("tiny") or {}
+    if not isinstance(defaults, dict) or not isinstance(space, dict) or not isinstance(tiny, dict):
+        raise ConfigError(f"{where}: 'defaults', 'space' and 'tiny' must be mappings")
     max_trials = doc.get("max_trials")
     if max_trials is not None and (not isinstance(max_trials, int) or max_trials < 1):
         raise ConfigError(f"{where}: max_trials must be a positive integer")
     dims = tuple(_parse_dimension(str(name), spec, where) for name, spec in space.items())
-    return SearchSpace(path=path, defaults=dict(defaults), dimensions=dims, max_trials=max_trials)
+    return SearchSpace(path=path, defaults=dict(defaults), dimensions=dims, max_trials=max_trials, tiny=dict(tiny))

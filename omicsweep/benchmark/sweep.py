@@ -28,7 +28,7 @@ class Recorder(Protocol):
     def end_sweep(self, *, status: str, summary: dict[str, float]) -> None: ...
     def start_trial(self, trial_id: str, *, params: dict[str, Any], tags: dict[str, str]) -> str: ...
     def log_result(self, trial_id: str, metrics: dict[str, Any], *, step: int) -> None: ...
-    def end_trial(self, trial_id: str, *, status: str, final: dict[str, Any], error: str | None = None) -> None: ...
+    def end_trial(self, trial_id: str, *, status: str, error: str | None = None) -> None: ...
 
 
 @dataclass
@@ -133,14 +133,12 @@ class TrackingCallback(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.finished += 1
-        self.recorder.end_trial(trial.trial_id, status="FINISHED", final=self.last.get(trial.trial_id, {}))
+        self.recorder.end_trial(trial.trial_id, status="FINISHED")
         self.progress.update(self)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.failed += 1
-        self.recorder.end_trial(
-            trial.trial_id, status="FAILED", final=self.last.get(trial.trial_id, {}), error=_read_error(trial)
-        )
+        self.recorder.end_trial(trial.trial_id, status="FAILED", error=_read_error(trial))
         self.progress.update(self)
 
 

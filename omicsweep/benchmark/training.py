@@ -100,7 +100,7 @@ def fit_torch(entry: ModelEntry, inputs: FitInputs, report: Report) -> None:
             loss = nn.functional.cross_entropy(model(x), y)
             loss.backward()
             optimizer.step()
-            loss_sum += float(loss) * len(y)
+            loss_sum += loss.item() * len(y)
             seen += len(y)
         val_proba, val_y, val_loss = predict_torch(model, val)
         val_metrics = classification_metrics(val_y, val_proba)

@@ -97,10 +97,9 @@ class MlflowRecorder:
     def log_result(self, trial_id: str, metrics: dict[str, Any], *, step: int) -> None:
         self.log_metrics(self.trial_runs[trial_id], metrics, step=step)
 
-    def end_trial(self, trial_id: str, *, status: str, final: dict[str, Any], error: str | None = None) -> None:
+    def end_trial(self, trial_id: str, *, status: str, error: str | None = None) -> None:
+        """Close a trial's run; its metrics were logged epoch by epoch as they arrived."""
         run_id = self.trial_runs[trial_id]
-        if final:
-            self.log_metrics(run_id, final, step=int(final.get("epoch", 0) or 0))
         if error:
             self.client.set_tag(run_id, ERROR_TAG, error[:4000])
         self.client.set_terminated(run_id, status=status)
