@@ -41,7 +41,8 @@ def test_every_training_cell_once_per_epoch_with_seeded_shuffle(tmp_path):
     transform = fit_transform_on_train(store)
     batches = CellBatches(store, "train", batch_size=64, transform=transform, shuffle=True, seed=7, buffer_chunks=2)
     epoch1 = _row_ids(batches, transform)
-    assert sorted(epoch1) == sorted(store.split_indices("train").tolist())
+    original_ids = np.array([int(c[1:]) for c in store.cell_ids()])  # ingest groups rows by split
+    assert sorted(epoch1) == sorted(original_ids[store.split_indices("train")].tolist())
     again = _row_ids(batches, transform)
     batches.set_epoch(1)
     epoch2 = _row_ids(batches, transform)
@@ -53,18 +54,18 @@ def test_every_training_cell_once_per_epoch_with_seeded_shuffle(tmp_path):
 def test_labels_travel_with_their_rows(tmp_path):
     store, _ = _synthetic_counts(tmp_path)
     transform = fit_transform_on_train(store)
-    labels = store.labels()
+    labels = dict(zip((int(c[1:]) for c in store.cell_ids()), store.labels()))
     for x, y in CellBatches(store, "val", batch_size=100, transform=transform, shuffle=True, seed=0):
         raw = x[:, 0].numpy() * (transform.maximum[0] - transform.minimum[0]) + transform.minimum[0]
         rows = np.rint(np.expm1(raw)).astype(int) - 1
-        assert (labels[rows] == y.numpy()).all()
+        assert [labels[r] for r in rows] == y.numpy().tolist()
 
 
 def test_minmax_is_fitted_on_training_split_only(tmp_path):
     store, dense = _synthetic_counts(tmp_path)
     transform = fit_transform_on_train(store)
     assert transform.log1p  # counts are logged
-    train = store.split_indices("train")
+    train = np.array([int(c[1:]) for c in store.cell_ids()])[store.split_indices("train")]
     np.testing.assert_allclose(transform.maximum, np.log1p(dense[train]).max(axis=0), rtol=1e-6)
     np.testing.assert_allclose(transform.minimum, np.log1p(dense[train]).min(axis=0), rtol=1e-6)
     x = np.concatenate([b[0].numpy() for b in CellBatches(store, "train", batch_size=512, transform=transform, shuffle=False)])
@@ -75,3 +76,28 @@ def test_pbmc68k_is_log_normalised_not_logged_again(pbmc_store):
     store = Store(pbmc_store)
     transform = fit_transform_on_train(store)
     assert not transform.log1p
+
+
+def test_ranks_and_workers_get_disjoint_shards_covering_the_split(tmp_path):
+    store, _ = _synthetic_counts(tmp_path, n_cells=5000)
+    transform = fit_transform_on_train(store)
+    seen = []
+    for rank in range(2):
+        batches = CellBatches(store, "train", batch_size=50, transform=transform, shuffle=True, seed=3, rank=rank,
+                              world_size=2, buffer_chunks=1)
+        seen.append(_row_ids(batches, transform))
+    assert seen[0] and seen[1] and not set(seen[0]) & set(seen[1])
+    original_ids = np.array([int(c[1:]) for c in store.cell_ids()])
+    assert sorted(seen[0] + seen[1]) == sorted(original_ids[store.split_indices("train")].tolist())
+
+
+def test_csr_output_without_prefetch_matches_dense(tmp_path):
+    store, _ = _synthetic_counts(tmp_path)
+    transform = fit_transform_on_train(store)
+    common = dict(batch_size=128, shuffle=True, seed=5)
+    dense = list(CellBatches(store, "train", transform=transform, **common))
+    sparse = list(CellBatches(store, "train", transform=None, output="csr", prefetch=False, **common))
+    assert len(dense) == len(sparse)
+    for (x, y), (m, labels) in zip(dense, sparse):
+        assert (y.numpy() == labels).all()
+        np.testing.assert_allclose(x.numpy(), transform(m.toarray().astype(np.float32)), rtol=1e-6)

@@ -34,19 +34,130 @@ ROWS_PER_CHUNK = 1024
 STORE_FORMAT_VERSION = 1
 
 
-def fingerprint_arrays(
-    matrix: sp.csr_matrix, genes: np.ndarray, codes: np.ndarray, classes: list[str], split_codes: np.ndarray
-) -> str:
-    """sha256 over everything a trial's result depends on: values, genes, labels and splits."""
-    digest = hashlib.sha256()
-    for array in (matrix.data.astype(np.float32), matrix.indices.astype(np.int64), matrix.indptr.astype(np.int64)):
-        digest.update(np.ascontiguousarray(array).tobytes())
-    digest.update(np.asarray(matrix.shape, dtype=np.int64).tobytes())
-    digest.update("\x1f".join(map(str, genes)).encode())
-    digest.update(np.ascontiguousarray(codes.astype(np.int64)).tobytes())
-    digest.update("\x1f".join(classes).encode())
-    digest.update(np.ascontiguousarray(split_codes.astype(np.int8)).tobytes())
-    return "sha256:" + digest.hexdigest()
+class Fingerprinter:
+    """sha256 over everything a trial's result depends on: values, genes, labels and splits.
+
+    Fed row block by row block, so a store written chunk by chunk gets the same fingerprint as one written
+    from memory, whatever the block sizes.
+    """
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+        self._rows = 0
+
+    def update(self, block: sp.csr_matrix) -> None:
+        for start in range(0, block.shape[0], ROWS_PER_CHUNK):  # canonical blocking, independent of the caller's
+            part = block[start : start + ROWS_PER_CHUNK]
+            self._digest.update(np.ascontiguousarray(part.data, dtype=np.float32).tobytes())
+            self._digest.update(np.ascontiguousarray(part.indices, dtype=np.int64).tobytes())
+            self._digest.update(np.ascontiguousarray(np.diff(part.indptr), dtype=np.int64).tobytes())
+        self._rows += block.shape[0]
+
+    def finish(self, genes: np.ndarray, codes: np.ndarray, classes: list[str], split_codes: np.ndarray) -> str:
+        self._digest.update(np.asarray([self._rows, len(genes)], dtype=np.int64).tobytes())
+        self._digest.update("\x1f".join(map(str, genes)).encode())
+        self._digest.update(np.ascontiguousarray(codes, dtype=np.int64).tobytes())
+        self._digest.update("\x1f".join(classes).encode())
+        self._digest.update(np.ascontiguousarray(split_codes, dtype=np.int8).tobytes())
+        return "sha256:" + self._digest.hexdigest()
+
+
+class StoreWriter:
+    """Write a store row block by row block with bounded memory, atomically.
+
+    Everything goes to a hidden sibling folder that is renamed into place by `finish`; on any error (or if
+    `finish` is never called) the folder is removed, so a failure leaves nothing.
+
+        with StoreWriter(out, genes=genes, nnz_per_row_hint=1000) as writer:
+            for block in blocks:
+                writer.append(block)
+            writer.finish(codes=..., classes=..., split_codes=..., cell_ids=..., provenance=...)
+    """
+
+    def __init__(self, out: Path, *, genes: np.ndarray, nnz_per_row_hint: int = 1000, overwrite: bool = False):
+        import zarr
+        from zarr.codecs import ZstdCodec
+
+        self.out = Path(out)
+        if self.out.exists() and not overwrite:
+            raise InputError(f"{self.out}: already exists; pass --overwrite to replace it")
+        self.genes = np.asarray(genes, dtype=str)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.out.parent / f".{self.out.name}.partial-{uuid.uuid4().hex[:8]}"
+        self._root = zarr.open_group(str(self.tmp), mode="w", zarr_format=3)
+        x = self._root.create_group("X")
+        chunk = max(1, int(nnz_per_row_hint)) * ROWS_PER_CHUNK
+        codec = [ZstdCodec(level=3)]
+        self._data = x.create_array("data", shape=(0,), chunks=(chunk,), dtype="float32", compressors=codec)
+        self._indices = x.create_array("indices", shape=(0,), chunks=(chunk,), dtype="int32", compressors=codec)
+        self._x = x
+        self._row_nnz: list[np.ndarray] = []
+        self._fingerprint = Fingerprinter()
+        self.n_rows = 0
+        self._done = False
+
+    def __enter__(self) -> "StoreWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self._done:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def append(self, block: sp.csr_matrix) -> None:
+        block = sp.csr_matrix(block, dtype=np.float32)
+        if block.shape[1] != len(self.genes):
+            raise InputError(f"{self.out}: a block has {block.shape[1]} genes, expected {len(self.genes)}")
+        block.sort_indices()
+        self._data.append(block.data)
+        self._indices.append(block.indices.astype(np.int32, copy=False))
+        self._row_nnz.append(np.diff(block.indptr).astype(np.int64))
+        self._fingerprint.update(block)
+        self.n_rows += block.shape[0]
+
+    def finish(
+        self, *, codes: np.ndarray, classes: list[str], split_codes: np.ndarray, cell_ids: np.ndarray,
+        provenance: dict[str, Any],
+    ) -> str:
+        import anndata as ad
+        import pandas as pd
+        from anndata.io import write_elem
+
+        if not (len(codes) == len(split_codes) == len(cell_ids) == self.n_rows):
+            raise InputError(f"{self.out}: {self.n_rows} rows but {len(codes)} labels / {len(cell_ids)} cell ids")
+        indptr = np.concatenate([[0], np.cumsum(np.concatenate(self._row_nnz) if self._row_nnz else [])]).astype(np.int64)
+        if indptr[-1] < np.iinfo(np.int32).max:
+            indptr = indptr.astype(np.int32)  # same dtype as indices, as scipy and scikit-learn expect
+        self._x.create_array("indptr", data=indptr, chunks=(min(len(indptr), 1 << 20),))
+        self._x.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0", "shape": [self.n_rows, len(self.genes)]})
+        fingerprint = self._fingerprint.finish(self.genes, codes, list(classes), split_codes)
+        obs = pd.DataFrame(
+            {
+                LABEL_KEY: pd.Categorical.from_codes(np.asarray(codes, dtype=np.int64), categories=list(classes)),
+                SPLIT_KEY: pd.Categorical.from_codes(np.asarray(split_codes, dtype=np.int64), categories=list(SPLITS)),
+            },
+            index=pd.Index(np.asarray(cell_ids, dtype=str)),
+        )
+        meta = {
+            "format_version": STORE_FORMAT_VERSION,
+            "fingerprint": fingerprint,
+            "classes": list(classes),
+            "rows_per_chunk": ROWS_PER_CHUNK,
+            "provenance_json": json.dumps(provenance, sort_keys=True, default=str),
+        }
+        shell = ad.AnnData(obs=obs, var=pd.DataFrame(index=pd.Index(self.genes)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # zarr's notice about future autosharding defaults
+            write_elem(self._root, "obs", shell.obs)
+            write_elem(self._root, "var", shell.var)
+            write_elem(self._root, "uns", {META_KEY: meta})
+            for key in ("obsm", "varm", "layers", "obsp", "varp"):
+                write_elem(self._root, key, {})
+        self._root.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
+        if self.out.exists():
+            shutil.rmtree(self.out)
+        os.replace(self.tmp, self.out)
+        self._done = True
+        return fingerprint
 
 
 def write_store(
@@ -61,57 +172,21 @@ def write_store(
     provenance: dict[str, Any],
     overwrite: bool = False,
 ) -> str:
-    """Write a store atomically: build it in a hidden sibling folder, then rename. Returns the fingerprint."""
-    import anndata as ad
-    import pandas as pd
-    import zarr
-    from anndata.io import write_elem
-    from zarr.codecs import ZstdCodec
+    """Write an in-memory matrix as a store (atomically). Returns the fingerprint.
 
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise InputError(f"{out}: already exists; pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    matrix = sp.csr_matrix(matrix, dtype=np.float32)
-    matrix.sort_indices()
-    fingerprint = fingerprint_arrays(matrix, genes, codes, classes, split_codes)
-    n_rows = matrix.shape[0]
-    mean_nnz = max(1, matrix.nnz // max(1, n_rows))
-    meta = {
-        "format_version": STORE_FORMAT_VERSION,
-        "fingerprint": fingerprint,
-        "classes": list(classes),
-        "rows_per_chunk": ROWS_PER_CHUNK,
-        "provenance_json": json.dumps(provenance, sort_keys=True, default=str),
-    }
-    obs = pd.DataFrame(
-        {
-            LABEL_KEY: pd.Categorical.from_codes(codes.astype(np.int64), categories=list(classes)),
-            SPLIT_KEY: pd.Categorical.from_codes(split_codes.astype(np.int64), categories=list(SPLITS)),
-        },
-        index=pd.Index(np.asarray(cell_ids, dtype=str), name=None),
-    )
-    var = pd.DataFrame(index=pd.Index(np.asarray(genes, dtype=str)))
-    shell = ad.AnnData(obs=obs, var=var, uns={META_KEY: meta})
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # zarr's notice about future autosharding defaults
-            root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-            write_elem(root, "/", shell)
-            write_elem(
-                root,
-                "X",
-                matrix,
-                dataset_kwargs={"chunks": (mean_nnz * ROWS_PER_CHUNK,), "compressors": [ZstdCodec(level=3)]},
-            )
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return fingerprint
+    Rows are grouped by split (train, then val, then test; input order kept within each), so streaming
+    one split reads only its own chunks. Cells keep their ids in `obs_names`.
+    """
+    order = np.argsort(np.asarray(split_codes), kind="stable")
+    matrix = sp.csr_matrix(matrix, dtype=np.float32)[order]
+    codes, split_codes, cell_ids = np.asarray(codes)[order], np.asarray(split_codes)[order], np.asarray(cell_ids)[order]
+    hint = max(1, matrix.nnz // max(1, matrix.shape[0]))
+    with StoreWriter(out, genes=genes, nnz_per_row_hint=hint, overwrite=overwrite) as writer:
+        for start in range(0, matrix.shape[0], ROWS_PER_CHUNK):
+            writer.append(matrix[start : start + ROWS_PER_CHUNK])
+        return writer.finish(
+            codes=codes, classes=classes, split_codes=split_codes, cell_ids=cell_ids, provenance=provenance
+        )
 
 
 @dataclass
@@ -173,6 +248,12 @@ class Store:
         from anndata.io import read_elem
 
         return np.asarray(read_elem(self._root["var"]).index, dtype=str)
+
+    def cell_ids(self) -> np.ndarray:
+        from anndata.io import read_elem
+
+        obs = self._root["obs"]
+        return np.asarray(read_elem(obs[obs.attrs["_index"]])).astype(object).astype(str)
 
     def _categorical_codes(self, key: str) -> np.ndarray:
         return np.asarray(self._root["obs"][key]["codes"][:], dtype=np.int64)
