@@ -73,6 +73,7 @@ def ray_session(*, address: str | None, num_cpus: int | None, temp_dir: Path | N
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter honours verbose=0; we draw our own
     # we checkpoint only on improvement and keep one; Tune's snapshot-frequency advice does not apply
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if ray.is_initialized():
@@ -169,6 +170,9 @@ def run_sweep(request: SweepRequest, recorder: Recorder, *, progress=None) -> Sw
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     progress = progress or NullProgress()
     defaults = dict(request.space.defaults)
     if request.max_epochs is not None:
@@ -190,7 +194,7 @@ def run_sweep(request: SweepRequest, recorder: Recorder, *, progress=None) -> Sw
         # TPE seeded from the sweep seed; ConcurrencyLimiter keeps proposals in a fixed order per seed
         search_alg = ConcurrencyLimiter(OptunaSearch(sampler=TPESampler(seed=request.seed)), request.concurrency)
     max_t = int(defaults.get("max_epochs", 1))
-    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max(1, max_t), grace_period=min(3, max(1, max_t)))
+    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max(1, max_t), grace_period=1, reduction_factor=3)
     tracker = TrackingCallback(recorder, context, progress)
     name = f"{request.dataset}-{request.model}-{time.strftime('%Y%m%d-%H%M%S')}"
     recorder.start_sweep(
@@ -214,7 +218,7 @@ def run_sweep(request: SweepRequest, recorder: Recorder, *, progress=None) -> Sw
             param_space=dims,
             tune_config=tune.TuneConfig(
                 metric=metric, mode="max", search_alg=search_alg, scheduler=scheduler,
-                num_samples=n_trials, max_concurrent_trials=request.concurrency,
+                num_samples=n_trials, max_concurrent_trials=None if search_alg else request.concurrency,
             ),
             run_config=tune.RunConfig(
                 name=name,
