@@ -8,24 +8,10 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from omicsweep.datasets.readers import READ_INFO_KEY, read_any, read_h5ad  # noqa: F401  (read_h5ad: kept importable here)
 from omicsweep.datasets.splits import stratified_split
 from omicsweep.datasets.store import SPLITS, write_store
 from omicsweep.errors import InputError
-
-
-def read_h5ad(path: Path):
-    """Open an h5ad file fully in memory, turning every failure into a one-line InputError."""
-    import anndata as ad
-
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: file not found")
-    if not path.is_file():
-        raise InputError(f"{path}: not a file")
-    try:
-        return ad.read_h5ad(path)
-    except Exception as exc:  # h5py/anndata raise OSError, KeyError, ValueError... for damaged files
-        raise InputError(f"{path}: cannot read as h5ad ({type(exc).__name__}: {exc})") from None
 
 
 def select_matrix(adata, *, layer: str | None, use_raw: bool, source: str):
@@ -149,12 +135,23 @@ def ingest_file(
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
     seed: int = 0,
     overwrite: bool = False,
+    format: str | None = None,
+    orient: str = "auto",
+    labels_file: Path | None = None,
 ) -> str:
-    """`omicsweep ingest`: an h5ad file to a store."""
+    """`omicsweep ingest`: any supported input (see `readers.READERS`) to a store.
+
+    format: reader name, default detected from the path; orient: 'rows' | 'columns' | 'auto' for tables and plain
+    HDF5; labels_file: a cell id + label table joined by cell id, whose label column is `label_col`.
+    """
     path = Path(path)
     if Path(out).exists() and not overwrite:
         raise InputError(f"{out}: already exists; pass --overwrite to replace it")
-    adata = read_h5ad(path)
+    adata = read_any(
+        path, format=format, orient=orient, labels_file=labels_file, label_col=label_col,
+        check_values=not (layer or use_raw),
+    )
+    read_info = dict(adata.uns.pop(READ_INFO_KEY, {}))
     return ingest_anndata(
         adata,
         label_col=label_col,
@@ -165,4 +162,5 @@ def ingest_file(
         fractions=fractions,
         seed=seed,
         overwrite=overwrite,
+        extra_provenance={"input": read_info},
     )
