@@ -66,3 +66,160 @@ def test_mlp_learns_and_controls_do_not(pbmc_store):
     assert mlp[-1]["train_loss"] < mlp[0]["train_loss"]
     assert mlp[-1]["best_val"] > majority[-1]["best_val"] + 0.2
     assert majority[-1]["test_macro_auroc"] == pytest.approx(0.5)
+
+
+# ---- torch training options (loss, optimizer, schedule, grad_clip) -------------------------------------------------
+
+
+def _synthetic_batch(n: int = 64, n_features: int = 10, n_classes: int = 3):
+    """Separable classes with unequal sizes (so weighted_ce differs from ce)."""
+    gen = torch.Generator().manual_seed(0)
+    y = torch.tensor([0] * (n // 2) + [1] * (n // 3) + [2] * (n - n // 2 - n // 3))
+    centres = 2.0 * torch.randn(n_classes, n_features, generator=gen)
+    x = centres[y] + 0.5 * torch.randn(n, n_features, generator=gen)
+    return x, y
+
+
+@pytest.mark.parametrize("schedule", ["none", "cosine", "step"])
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+@pytest.mark.parametrize("loss", ["ce", "weighted_ce", "focal"])
+def test_every_training_option_combination_lowers_the_loss(loss, optimizer, schedule):
+    from omicsweep.benchmark.training import make_loss, make_optimizer, make_scheduler, train_epoch
+
+    x, y = _synthetic_batch()
+    for grad_clip in (0, 1.0):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(10, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+        cfg = {"loss": loss, "optimizer": optimizer, "schedule": schedule, "grad_clip": grad_clip,
+               "lr": 0.05, "weight_decay": 1e-4, "max_epochs": 20, "step_size": 5}
+        loss_fn = make_loss(cfg, n_classes=3, train_labels=y.numpy())
+        opt = make_optimizer(model.parameters(), cfg)
+        scheduler = make_scheduler(opt, cfg)
+        assert (scheduler is None) == (schedule == "none")
+        with torch.no_grad():
+            before = float(loss_fn(model(x), y))
+        for _ in range(cfg["max_epochs"]):
+            train_epoch(model, [(x, y)], opt, loss_fn, grad_clip=float(grad_clip))
+            if scheduler is not None:
+                scheduler.step()
+        model.eval()
+        with torch.no_grad():
+            after = float(loss_fn(model(x), y))
+        assert after < 0.5 * before, f"{loss}/{optimizer}/{schedule}/clip={grad_clip}: {before:.4f} -> {after:.4f}"
+
+
+def test_training_options_default_to_plain_adam_and_cross_entropy():
+    from omicsweep.benchmark.training import make_loss, make_optimizer, make_scheduler
+
+    cfg = {"lr": 1e-3, "weight_decay": 1e-4, "max_epochs": 3}
+    assert type(make_loss(cfg, n_classes=3)) is torch.nn.CrossEntropyLoss
+    assert make_loss(cfg, n_classes=3).weight is None
+    assert type(make_optimizer(torch.nn.Linear(2, 2).parameters(), cfg)) is torch.optim.Adam
+    assert make_scheduler(torch.optim.Adam(torch.nn.Linear(2, 2).parameters()), cfg) is None
+
+
+def test_weighted_ce_uses_balanced_class_weights():
+    from omicsweep.benchmark.training import balanced_class_weights, make_loss
+
+    labels = np.array([0, 0, 0, 0, 0, 0, 1, 1, 2, 2, 2, 2])  # n = 12, k = 3 present, class 3 absent
+    weights = balanced_class_weights(labels, n_classes=4)
+    assert weights.tolist() == pytest.approx([12 / (3 * 6), 12 / (3 * 2), 12 / (3 * 4), 0.0])
+    loss_fn = make_loss({"loss": "weighted_ce"}, n_classes=4, train_labels=labels)
+    assert torch.allclose(loss_fn.weight, weights)
+
+
+def test_focal_loss_with_gamma_zero_is_cross_entropy():
+    from omicsweep.benchmark.training import make_loss
+
+    logits, y = torch.randn(8, 4, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 2, 3] * 2)
+    focal0 = make_loss({"loss": "focal", "focal_gamma": 0.0}, n_classes=4)
+    focal2 = make_loss({"loss": "focal"}, n_classes=4)
+    ce = torch.nn.functional.cross_entropy(logits, y)
+    assert float(focal0(logits, y)) == pytest.approx(float(ce), rel=1e-6)
+    assert float(focal2(logits, y)) < float(ce)
+
+
+def test_step_schedule_halves_every_step_size_epochs_and_cosine_reaches_zero():
+    from omicsweep.benchmark.training import make_optimizer, make_scheduler
+
+    def lrs(cfg):
+        opt = make_optimizer(torch.nn.Linear(2, 2).parameters(), cfg)
+        scheduler, seen = make_scheduler(opt, cfg), []
+        for _ in range(cfg["max_epochs"]):
+            seen.append(opt.param_groups[0]["lr"])
+            opt.step()
+            scheduler.step()
+        return seen + [opt.param_groups[0]["lr"]]
+
+    step = lrs({"lr": 1.0, "schedule": "step", "max_epochs": 10})
+    assert step[:5] == [1.0] * 5 and step[5:10] == [0.5] * 5 and step[10] == 0.25
+    assert lrs({"lr": 1.0, "schedule": "step", "step_size": 2, "max_epochs": 4})[:5] == [1.0, 1.0, 0.5, 0.5, 0.25]
+    cosine = lrs({"lr": 1.0, "schedule": "cosine", "max_epochs": 10})
+    assert cosine[0] == 1.0 and all(a > b for a, b in zip(cosine, cosine[1:])) and cosine[-1] == pytest.approx(0.0)
+
+
+def test_sgd_uses_momentum_and_adamw_decoupled_decay():
+    from omicsweep.benchmark.training import make_optimizer
+
+    params = lambda: torch.nn.Linear(2, 2).parameters()  # noqa: E731
+    sgd = make_optimizer(params(), {"optimizer": "sgd", "lr": 0.1, "weight_decay": 1e-3})
+    assert type(sgd) is torch.optim.SGD and sgd.param_groups[0]["momentum"] == 0.9
+    adamw = make_optimizer(params(), {"optimizer": "adamw", "lr": 0.1, "weight_decay": 1e-3})
+    assert type(adamw) is torch.optim.AdamW and adamw.param_groups[0]["weight_decay"] == 1e-3
+
+
+@pytest.mark.parametrize("key, value", [("loss", "hinge"), ("optimizer", "lbfgs"), ("schedule", "linear")])
+def test_unknown_training_option_is_a_config_error(key, value):
+    from omicsweep.benchmark.training import make_loss, make_optimizer, make_scheduler
+    from omicsweep.errors import ConfigError
+
+    cfg = {"lr": 1e-3, "max_epochs": 2, key: value}
+    with pytest.raises(ConfigError, match=key):
+        make_loss(cfg, n_classes=3, train_labels=np.array([0, 1, 2]))
+        opt = make_optimizer(torch.nn.Linear(2, 2).parameters(), cfg)
+        make_scheduler(opt, cfg)
+
+
+def test_mlp_trial_runs_with_non_default_training_options(pbmc_store):
+    entry = get_model("mlp")
+    space = load_space(entry.space_file)
+    store = Store(pbmc_store)
+    options = {"loss": "weighted_ce", "optimizer": "sgd", "schedule": "step", "step_size": 1, "grad_clip": 1.0}
+    context = TrialContext(
+        store_path=str(pbmc_store), fingerprint=store.fingerprint, model="mlp",
+        defaults={**space.defaults, **space.tiny, "max_epochs": 2}, seed=0, metric="accuracy",
+    )
+    results = []
+    execute_trial(context, options, lambda metrics, ckpt: results.append(metrics))
+    assert len(results) == 2 and all(np.isfinite(r["train_loss"]) for r in results)
+
+
+# ---- dnn: variable depth -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n_layers", [1, 2, 3, 4, 5])
+def test_dnn_builds_the_requested_depth_and_widths(n_layers):
+    sizes = {"size_1": 50, "size_2": 40, "size_3": 30, "size_4": 20, "size_5": 10}
+    model = get_model("dnn").build({"n_layers": n_layers, "dropout": 0.1, **sizes}, Task(n_features=7, n_classes=3))
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == n_layers + 1
+    widths = [sizes[f"size_{i}"] for i in range(1, n_layers + 1)]
+    assert [m.out_features for m in linears] == widths + [3]
+    assert [m.in_features for m in linears] == [7] + widths
+    assert sum(isinstance(m, torch.nn.ELU) for m in model.modules()) == n_layers
+    assert sum(isinstance(m, torch.nn.Dropout) for m in model.modules()) == n_layers
+
+
+def test_dnn_defaults_are_study_004s_architecture():
+    space = load_space(get_model("dnn").space_file)
+    model = get_model("dnn").build(space.defaults, Task(n_features=978, n_classes=4314))
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert [m.out_features for m in linears] == [5000, 2000, 500, 1000, 2000, 4314]
+
+
+@pytest.mark.parametrize("config", [{"n_layers": 0}, {"n_layers": 6}, {"n_layers": 3, "size_1": 8, "size_2": 8}])
+def test_dnn_rejects_bad_depth(config):
+    from omicsweep.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="dnn"):
+        get_model("dnn").build({"dropout": 0.1, **config}, Task(n_features=7, n_classes=3))

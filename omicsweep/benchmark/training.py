@@ -18,6 +18,7 @@ from torch import nn
 from omicsweep.benchmark.metrics import classification_metrics
 from omicsweep.datasets.loader import CellBatches, ExpressionTransform, load_split
 from omicsweep.datasets.store import Store
+from omicsweep.errors import ConfigError
 from omicsweep.models.base import ModelEntry, Task
 
 Report = Callable[[dict[str, Any], "dict[str, Callable[[str], None]] | None"], None]
@@ -57,6 +58,82 @@ def _common_files(inputs: FitInputs) -> dict[str, Callable[[str], None]]:
     }
 
 
+# ---- torch training options (config keys loss, optimizer, schedule, grad_clip; all optional) --------------------
+
+LOSSES = ("ce", "weighted_ce", "focal")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("none", "cosine", "step")
+
+
+def _option(config: dict[str, Any], key: str, allowed: tuple[str, ...]) -> str:
+    """config[key] checked against `allowed`; absent or null means the first (the historical behaviour)."""
+    value = config.get(key)
+    value = allowed[0] if value is None else str(value).lower()
+    if value not in allowed:
+        raise ConfigError(f"config {key}={config.get(key)!r} is not supported; use one of {', '.join(allowed)}")
+    return value
+
+
+def balanced_class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
+    """n / (k * count_c) over the k classes present in `labels`; classes absent from them get weight 0."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes).astype(np.float64)
+    present = counts > 0
+    weights = np.zeros(n_classes)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return torch.as_tensor(weights, dtype=torch.float32)
+
+
+class FocalLoss(nn.Module):
+    """Multi-class focal loss, mean over the batch: -(1 - p_t)^gamma * log p_t (Lin et al. 2017)."""
+
+    def __init__(self, gamma: float = 2.0):
+        super().__init__()
+        self.gamma = float(gamma)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        log_pt = torch.log_softmax(logits, dim=1).gather(1, target.unsqueeze(1)).squeeze(1)
+        return (-((1.0 - log_pt.exp()) ** self.gamma) * log_pt).mean()
+
+
+def make_loss(config: dict[str, Any], *, n_classes: int, train_labels: np.ndarray | None = None) -> nn.Module:
+    """The training objective named by config['loss']; weighted_ce needs the training split's labels."""
+    kind = _option(config, "loss", LOSSES)
+    if kind == "focal":
+        return FocalLoss(gamma=float(config.get("focal_gamma", 2.0)))
+    if kind == "weighted_ce":
+        if train_labels is None:
+            raise ValueError("loss=weighted_ce needs the training labels to weight the classes")
+        return nn.CrossEntropyLoss(weight=balanced_class_weights(train_labels, n_classes))
+    return nn.CrossEntropyLoss()
+
+
+def _train_labels_if_needed(config: dict[str, Any], store: Store) -> np.ndarray | None:
+    if _option(config, "loss", LOSSES) != "weighted_ce":
+        return None
+    return store.labels()[store.split_indices("train")]
+
+
+def make_optimizer(params, config: dict[str, Any]) -> torch.optim.Optimizer:
+    """Adam (default), AdamW (decoupled weight decay) or SGD with momentum 0.9; lr and weight_decay from config."""
+    kind = _option(config, "optimizer", OPTIMIZERS)
+    lr, weight_decay = float(config["lr"]), float(config.get("weight_decay", 0.0))
+    if kind == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: dict[str, Any]):
+    """Per-epoch learning-rate schedule: none, cosine over max_epochs, or halving every step_size epochs (5)."""
+    kind = _option(config, "schedule", SCHEDULES)
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, int(config["max_epochs"])))
+    if kind == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, int(config.get("step_size", 5))), gamma=0.5)
+    return None
+
+
 # ---- torch -------------------------------------------------------------------------------------------------------
 
 
@@ -79,11 +156,32 @@ def _eval_batches(inputs: FitInputs, split: str) -> CellBatches:
     return CellBatches(inputs.store, split, batch_size=1024, transform=inputs.transform, shuffle=False)
 
 
+def train_epoch(
+    model: nn.Module, batches, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, *, grad_clip: float = 0.0
+) -> float:
+    """One pass over `batches` of (x, y); returns the mean training loss per cell."""
+    model.train()
+    loss_sum, seen = 0.0, 0
+    for x, y in batches:
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        if grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), max_norm=grad_clip)
+        optimizer.step()
+        loss_sum += loss.item() * len(y)
+        seen += len(y)
+    return loss_sum / max(1, seen)
+
+
 def fit_torch(entry: ModelEntry, inputs: FitInputs, report: Report) -> None:
     """Epochs with early stopping on the validation metric; the test split is scored at each new best."""
     cfg = inputs.config
     model = entry.build(cfg, inputs.task)
-    optimizer = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"]))
+    loss_fn = make_loss(cfg, n_classes=inputs.task.n_classes, train_labels=_train_labels_if_needed(cfg, inputs.store))
+    optimizer = make_optimizer(model.parameters(), cfg)
+    scheduler = make_scheduler(optimizer, cfg)
+    grad_clip = float(cfg.get("grad_clip") or 0.0)
     train = CellBatches(
         inputs.store, "train", batch_size=int(cfg["batch_size"]), transform=inputs.transform,
         shuffle=True, seed=inputs.seed, min_batch=2,  # BatchNorm needs two cells per batch
@@ -92,16 +190,10 @@ def fit_torch(entry: ModelEntry, inputs: FitInputs, report: Report) -> None:
     best, since_best, best_test = -np.inf, 0, {}
     for epoch in range(1, int(cfg["max_epochs"]) + 1):
         started = time.perf_counter()
-        model.train()
         train.set_epoch(epoch)
-        loss_sum, seen = 0.0, 0
-        for x, y in train:
-            optimizer.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(model(x), y)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.item() * len(y)
-            seen += len(y)
+        train_loss = train_epoch(model, train, optimizer, loss_fn, grad_clip=grad_clip)
+        if scheduler is not None:
+            scheduler.step()
         val_proba, val_y, val_loss = predict_torch(model, val)
         val_metrics = classification_metrics(val_y, val_proba)
         score = val_metrics[inputs.metric]
@@ -116,7 +208,7 @@ def fit_torch(entry: ModelEntry, inputs: FitInputs, report: Report) -> None:
             since_best += 1
         metrics = {
             "epoch": epoch,
-            "train_loss": loss_sum / max(1, seen),
+            "train_loss": train_loss,
             "val_loss": val_loss,
             **_prefixed("val", val_metrics),
             "best_val": best,

@@ -22,3 +22,20 @@ register(
         role="control",
     )
 )
+
+
+def build_random(config: dict[str, Any], task: Task):
+    from sklearn.dummy import DummyClassifier
+
+    return DummyClassifier(strategy="stratified", random_state=int(config.get("seed", 0)))
+
+
+register(
+    ModelEntry(
+        name="random",
+        family="estimator",
+        build=build_random,
+        description="random labels drawn with the training class frequencies (control)",
+        role="control",
+    )
+)
