@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/omicsweep sweep --dataset pbmc68k --model all --trials 16 --concurrency 2 --seed 0
+	$(VENV)/bin/omicsweep sweep --dataset pbmc68k --model mlp,logreg,majority,random --trials 16 --concurrency 2 --seed 0
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -219,6 +219,7 @@ def run_sweep(request: SweepRequest, recorder: Recorder, *, progress=None) -> Sw
             tune_config=tune.TuneConfig(
                 metric=metric, mode="max", search_alg=search_alg, scheduler=scheduler,
                 num_samples=n_trials, max_concurrent_trials=None if search_alg else request.concurrency,
+                reuse_actors=True,  # a finished trial's worker takes the next one: no per-trial process start
             ),
             run_config=tune.RunConfig(
                 name=name,
