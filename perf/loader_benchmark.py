@@ -81,6 +81,10 @@ def write_h5ad_copy(store_path: Path, out: Path) -> None:
 
 
 def _peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM; unlike ru_maxrss it does not carry over the parent's across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -154,27 +158,32 @@ def main() -> None:
     parser.add_argument("--cells", type=int, default=1_000_000)
     parser.add_argument("--genes", type=int, default=20_000)
     parser.add_argument("--nnz", type=int, default=1000)
-    parser.add_argument("--measure-cells", type=int, default=200_000, help="cells read per zarr measurement")
+    parser.add_argument("--measure-cells", type=int, default=100_000, help="cells read per zarr measurement")
     parser.add_argument("--anndata-cells", type=int, default=20_000, help="cells read by the anndata baseline")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are reported")
     parser.add_argument("--workdir", type=Path, default=HERE / ".data")
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     store, h5ad = build_corpus(args.workdir, args.cells, args.genes, args.nnz)
 
-    raw = in_fresh_process(measure_raw_decode, str(store), args.measure_cells)
-    csr = in_fresh_process(measure_stream, str(store), args.measure_cells, "csr")
-    dense = in_fresh_process(measure_stream, str(store), args.measure_cells // 4, "dense")
-    backed = in_fresh_process(measure_anndata_backed, str(h5ad), str(store), args.anndata_cells)
-    rate = {name: m["cells"] / m["seconds"] for name, m in
-            {"raw": raw, "csr": csr, "dense": dense, "backed": backed}.items()}
+    # interleave repeats so that load from other processes hits every measurement alike; report medians
+    runs: dict[str, list[dict]] = {"raw": [], "csr": [], "dense": [], "backed": []}
+    for _ in range(args.repeats):
+        runs["raw"].append(in_fresh_process(measure_raw_decode, str(store), args.measure_cells))
+        runs["csr"].append(in_fresh_process(measure_stream, str(store), args.measure_cells, "csr"))
+        runs["dense"].append(in_fresh_process(measure_stream, str(store), args.measure_cells // 4, "dense"))
+        runs["backed"].append(in_fresh_process(measure_anndata_backed, str(h5ad), str(store), args.anndata_cells))
+    rate = {name: float(np.median([m["cells"] / m["seconds"] for m in ms])) for name, ms in runs.items()}
+    raw, csr, dense, backed = (max(runs[k], key=lambda m: m["rss_mb"]) for k in ("raw", "csr", "dense", "backed"))
     command = "python perf/loader_benchmark.py " + " ".join(sys.argv[1:])
     lines = [
         "# Loader benchmark",
         "",
         f"Command: `{command.strip()}` on {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
         f"corpus {args.cells:,} x {args.genes:,} synthetic counts, ~{args.nnz:,} non-zeros per cell, batch {BATCH}.",
-        "Each figure comes from a fresh process, in one run on the same machine and the same data.",
+        f"Each figure is the median of {args.repeats} interleaved runs, each in a fresh process, on the same machine and "
+        "data; peak RSS is the largest of the runs.",
         "",
         "| measurement | cells/s | ratio | target | peak RSS (MB) |",
         "|---|---:|---:|---|---:|",
