@@ -1,18 +1,28 @@
 """Read, preprocess, store and stream expression data. Imports neither Ray nor MLflow."""
 
+from omicsweep.datasets.align import AlignedStore, align_to_genes
 from omicsweep.datasets.builtin import available_datasets, resolve_dataset
-from omicsweep.datasets.ingest import ingest_anndata, ingest_file
-from omicsweep.datasets.loader import CellBatches, ExpressionTransform, fit_transform_on_train, load_split
+from omicsweep.datasets.ingest import IngestOptions, ingest_anndata, ingest_file
+from omicsweep.datasets.loader import SCALINGS, CellBatches, ExpressionTransform, fit_transform_on_train, load_split
+from omicsweep.datasets.preprocess import RECIPES
+from omicsweep.datasets.registered import register_dataset, registered_datasets
 from omicsweep.datasets.store import Store
 
 __all__ = [
+    "RECIPES",
+    "SCALINGS",
+    "AlignedStore",
     "CellBatches",
     "ExpressionTransform",
+    "IngestOptions",
     "Store",
+    "align_to_genes",
     "available_datasets",
     "fit_transform_on_train",
     "ingest_anndata",
     "ingest_file",
     "load_split",
+    "register_dataset",
+    "registered_datasets",
     "resolve_dataset",
 ]

@@ -41,12 +41,19 @@ def cache_dir() -> Path:
 
 
 def available_datasets() -> list[str]:
-    return sorted(BUILTIN)
+    """Built-in and user-registered dataset names."""
+    from omicsweep.datasets.registered import registered_datasets
+
+    return sorted(set(BUILTIN) | set(registered_datasets()))
 
 
 def resolve_dataset(name_or_path: str, *, seed: int = 0) -> tuple[str, Path]:
-    """A built-in name (ingested on first use) or a store path -> (dataset name, store path)."""
+    """A built-in name (ingested on first use), a registered name, or a store path -> (dataset name, store path).
+
+    A registered store keeps its own split: `seed` only chooses the split of built-in datasets.
+    """
     from omicsweep.datasets.ingest import ingest_anndata
+    from omicsweep.datasets.registered import registered_datasets
 
     if name_or_path in BUILTIN:
         spec = BUILTIN[name_or_path]
@@ -66,6 +73,15 @@ def resolve_dataset(name_or_path: str, *, seed: int = 0) -> tuple[str, Path]:
                 if not store.exists():  # another process may have won the race to write it
                     raise
         return spec.name, store
+    registered = registered_datasets()
+    if name_or_path in registered:
+        store = Path(registered[name_or_path])
+        if not store.exists():
+            raise InputError(
+                f"dataset {name_or_path!r} is registered to {store}, which no longer exists; register it again "
+                f"(`omicsweep datasets register {name_or_path} STORE --overwrite`)"
+            )
+        return name_or_path, store
     path = Path(name_or_path)
     if path.exists():
         if not (path / "zarr.json").exists():

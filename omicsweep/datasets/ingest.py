@@ -1,17 +1,35 @@
-"""Ingest: read a user file, validate it, encode labels, split, fingerprint, and write a store atomically."""
+"""Ingest: read a user file, validate it, filter and encode labels, split, preprocess, and write a store atomically.
+
+Order: matrix checks -> gene names (unique) -> label filters -> split (stratified, group, k-fold or test-only) ->
+preprocessing recipes (train-fitted ones see only the training split) -> write. Every check that can fail runs
+before the store is written, and the store is written atomically, so a failure leaves nothing.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
+from omicsweep.datasets.filters import filter_labels, make_genes_unique
+from omicsweep.datasets.preprocess import Expression, apply_recipes, check_recipes, parse_recipes, value_kind
 from omicsweep.datasets.readers import READ_INFO_KEY, read_any, read_h5ad  # noqa: F401  (read_h5ad: kept importable here)
-from omicsweep.datasets.splits import stratified_split
+from omicsweep.datasets.splits import (
+    TRAIN,
+    check_fold_count,
+    check_folds,
+    fold_to_split,
+    group_folds,
+    group_split,
+    stratified_folds,
+    stratified_split,
+    test_only_split,
+)
 from omicsweep.datasets.store import SPLITS, write_store
-from omicsweep.errors import InputError
+from omicsweep.errors import ConfigError, InputError
 
 
 def select_matrix(adata, *, layer: str | None, use_raw: bool, source: str):
@@ -44,18 +62,6 @@ def validate_matrix(matrix, source: str) -> sp.csr_matrix:
     return csr
 
 
-def value_kind(csr: sp.csr_matrix) -> str:
-    """'counts' (non-negative integers), 'log' (non-negative, small range) or 'other'."""
-    data = csr.data
-    if data.size == 0:
-        return "counts"
-    if data.min() < 0:
-        return "other"
-    if np.all(data == np.round(data)):
-        return "counts"
-    return "log" if data.max() < 50 else "other"
-
-
 def encode_labels(values, *, label_col: str, source: str, min_classes: int = 2) -> tuple[np.ndarray, list[str], np.ndarray]:
     """Integer codes over sorted class names; cells with a missing label are dropped (mask returned)."""
     import pandas as pd
@@ -74,6 +80,89 @@ def encode_labels(values, *, label_col: str, source: str, min_classes: int = 2) 
     return codes, classes, keep
 
 
+@dataclass(frozen=True)
+class IngestOptions:
+    """What `omicsweep ingest` does beyond reading: label filters, gene names, split scheme and preprocessing.
+
+    fractions, seed: train/val/test fractions and seed of the split (stratified by class, or by group).
+    drop_labels: labels whose cells are removed (case-insensitive, e.g. unknown, NA).
+    min_class_size: classes with fewer cells are removed (after drop_labels).
+    unique_genes: rename duplicate gene names (GENE-1, ...) instead of refusing them.
+    group_col: obs column whose groups (donor, batch) stay whole within one split (or fold).
+    folds: K for k-fold: the store records a fold id per cell; a trial picks its test fold (config `fold`).
+    test_only: every cell in the test split (an external test set).
+    preprocess: recipe specs, e.g. "normalize_log1p,hvg:2000" (see `preprocess.RECIPES`).
+    """
+
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    seed: int = 0
+    drop_labels: tuple[str, ...] = ()
+    min_class_size: int = 0
+    unique_genes: bool = False
+    group_col: str | None = None
+    folds: int | None = None
+    test_only: bool = False
+    preprocess: str | tuple[str, ...] | None = None
+
+    def check(self):
+        """Option-level checks, before any data is read; returns the parsed recipes."""
+        if self.min_class_size < 0:
+            raise ConfigError(f"--min-class-size {self.min_class_size}: expected a number of cells >= 0")
+        if self.folds is not None:
+            check_fold_count(self.folds)
+        if self.test_only and (self.folds is not None or self.group_col):
+            raise ConfigError("--test-only puts every cell in the test split; --folds and --group-col do not apply")
+        recipes = parse_recipes(list(self.preprocess) if isinstance(self.preprocess, tuple) else self.preprocess)
+        check_recipes(recipes, has_train=not self.test_only, folds=self.folds)
+        return recipes
+
+
+def _groups(adata, keep: np.ndarray, group_col: str | None, source: str) -> np.ndarray | None:
+    if not group_col:
+        return None
+    if group_col not in adata.obs.columns:
+        cols = [str(c) for c in adata.obs.columns]
+        listed = ", ".join(cols[:25]) + (", ..." if len(cols) > 25 else "")
+        raise InputError(f"--group-col {group_col!r}: no such column in {source}; columns: {listed or '(none)'}")
+    values = adata.obs[group_col].to_numpy()[keep]
+    missing = np.asarray([v is None or (isinstance(v, float) and np.isnan(v)) or str(v).strip() == "" for v in values])
+    if missing.any():
+        raise InputError(f"--group-col {group_col!r}: {int(missing.sum())} labelled cells of {source} have no group")
+    return np.asarray(values).astype(str)
+
+
+def _assign_splits(codes, classes, groups, opts: IngestOptions) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """(split codes, fold ids or None, provenance['split'])."""
+    info: dict[str, Any] = {"seed": opts.seed, "names": list(SPLITS)}
+    if groups is not None:
+        info["group_column"] = opts.group_col
+        info["groups"] = int(len(np.unique(groups)))
+    if opts.test_only:
+        return test_only_split(len(codes)), None, {**info, "method": "test-only"}
+    if opts.folds is not None:
+        check_folds(opts.folds, codes=codes, classes=classes, groups=groups)
+        if groups is None:
+            folds, method = stratified_folds(codes, folds=opts.folds, seed=opts.seed), "stratified-kfold"
+        else:
+            folds, method = group_folds(groups, folds=opts.folds, seed=opts.seed), "group-kfold"
+        info.update(method=method, folds=opts.folds, fold_sizes=np.bincount(folds, minlength=opts.folds).tolist(),
+                    recorded_fold=0, rule="fold i = test, fold i+1 (mod K) = val, the rest train")
+        if groups is not None:
+            info["fold_groups"] = {str(f): sorted(set(groups[folds == f])) for f in range(opts.folds)}
+        return fold_to_split(folds, 0, opts.folds), folds, info
+    if groups is not None:
+        split = group_split(groups, fractions=opts.fractions, seed=opts.seed)
+        info.update(method="group", fractions=list(opts.fractions),
+                    split_groups={name: sorted(set(groups[split == i])) for i, name in enumerate(SPLITS)})
+        missing = sorted(set(classes[c] for c in np.unique(codes)) - set(classes[c] for c in np.unique(codes[split == TRAIN])))
+        if missing:
+            info["classes_missing_from_train"] = missing
+        return split, None, info
+    return stratified_split(codes, fractions=opts.fractions, seed=opts.seed), None, {
+        **info, "method": "stratified", "fractions": list(opts.fractions),
+    }
+
+
 def ingest_anndata(
     adata,
     *,
@@ -82,47 +171,88 @@ def ingest_anndata(
     source: str,
     layer: str | None = None,
     use_raw: bool = False,
-    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
-    seed: int = 0,
+    fractions: tuple[float, float, float] | None = None,
+    seed: int | None = None,
     overwrite: bool = False,
     extra_provenance: dict[str, Any] | None = None,
+    options: IngestOptions | None = None,
+    messages: list[str] | None = None,
 ) -> str:
-    """Validate an in-memory AnnData and write it as a store. Returns the store's fingerprint."""
+    """Validate an in-memory AnnData and write it as a store. Returns the store's fingerprint.
+
+    options: filters, split scheme and preprocessing (`fractions`/`seed` override its fields for convenience).
+    messages: when given, receives one line per filter or preprocessing step that changed the data (for the CLI).
+    """
+    opts = options or IngestOptions()
+    if fractions is not None or seed is not None:
+        opts = replace(opts, fractions=fractions or opts.fractions, seed=opts.seed if seed is None else seed)
+    recipes = opts.check()
     if label_col not in adata.obs.columns:
         raise InputError(
             f"{source}: no label column {label_col!r} in obs; columns: {', '.join(map(str, adata.obs.columns))}"
         )
     matrix, genes, matrix_name = select_matrix(adata, layer=layer, use_raw=use_raw, source=source)
     csr = validate_matrix(matrix, source)
-    if len(set(genes)) != len(genes):
-        raise InputError(f"{source}: gene names are not unique ({len(genes) - len(set(genes))} duplicates)")
-    codes, classes, keep = encode_labels(adata.obs[label_col].to_numpy(), label_col=label_col, source=source)
+    genes, renamed = make_genes_unique(genes, unique=opts.unique_genes, source=source)
+    keep, label_report = filter_labels(
+        adata.obs[label_col].to_numpy(), label_col=label_col, source=source, drop_labels=opts.drop_labels,
+        min_class_size=opts.min_class_size, min_classes=1 if opts.test_only else 2,
+    )
+    codes, classes, _ = encode_labels(
+        np.asarray(adata.obs[label_col].to_numpy(), dtype=object)[keep], label_col=label_col, source=source,
+        min_classes=1 if opts.test_only else 2,
+    )
+    groups = _groups(adata, keep, opts.group_col, source)
     csr = csr[keep]
     cell_ids = np.asarray(adata.obs_names, dtype=str)[keep]
     if len(set(cell_ids)) != len(cell_ids):
         raise InputError(f"{source}: cell ids are not unique")
-    split_codes = stratified_split(codes, fractions=fractions, seed=seed)
+    split_codes, folds, split_info = _assign_splits(codes, classes, groups, opts)
+    input_kind = value_kind(csr)
+    data = Expression(csr, genes, input_kind, train=split_codes == TRAIN, source=source)
+    data, steps, lines = apply_recipes(recipes, data)
+    if messages is not None:
+        messages.extend(_filter_lines(label_report, renamed) + lines)
     provenance = {
         "source": source,
         "label_column": label_col,
         "matrix": matrix_name,
-        "value_kind": value_kind(csr),
-        "preprocessing": [],
-        "cells_dropped_missing_label": int((~keep).sum()),
-        "split": {"method": "stratified", "fractions": list(fractions), "seed": seed, "names": list(SPLITS)},
+        "value_kind": data.kind,
+        "input_value_kind": input_kind,
+        "preprocessing": steps,
+        **label_report,
+        "genes_renamed_unique": renamed,
+        "split": split_info,
         **(extra_provenance or {}),
     }
     return write_store(
         Path(out),
-        matrix=csr,
-        genes=genes,
+        matrix=data.matrix,
+        genes=data.genes,
         codes=codes,
         classes=classes,
         split_codes=split_codes,
         cell_ids=cell_ids,
         provenance=provenance,
         overwrite=overwrite,
+        folds=folds,
     )
+
+
+def _filter_lines(report: dict[str, Any], renamed: int) -> list[str]:
+    lines = []
+    if report.get("cells_dropped_by_label"):
+        counts = ", ".join(f"{k} {v}" for k, v in report["cells_dropped_by_label"].items())
+        lines.append(f"--drop-labels: dropped {sum(report['cells_dropped_by_label'].values())} cells ({counts})")
+    if report.get("classes_dropped_small"):
+        small = report["classes_dropped_small"]
+        lines.append(
+            f"--min-class-size {report['min_class_size']}: dropped {len(small)} class(es), "
+            f"{report['cells_dropped_small_classes']} cells ({', '.join(f'{k} {v}' for k, v in small.items())})"
+        )
+    if renamed:
+        lines.append(f"--unique-genes: renamed {renamed} duplicate gene names")
+    return lines
 
 
 def ingest_file(
@@ -132,24 +262,29 @@ def ingest_file(
     out: Path,
     layer: str | None = None,
     use_raw: bool = False,
-    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
-    seed: int = 0,
+    fractions: tuple[float, float, float] | None = None,
+    seed: int | None = None,
     overwrite: bool = False,
     format: str | None = None,
     orient: str = "auto",
     labels_file: Path | None = None,
+    options: IngestOptions | None = None,
+    messages: list[str] | None = None,
 ) -> str:
     """`omicsweep ingest`: any supported input (see `readers.READERS`) to a store.
 
     format: reader name, default detected from the path; orient: 'rows' | 'columns' | 'auto' for tables and plain
-    HDF5; labels_file: a cell id + label table joined by cell id, whose label column is `label_col`.
+    HDF5; labels_file: a cell id + label table joined by cell id, whose label column is `label_col` (a
+    `options.group_col` column of that file comes along too); options, messages: as in `ingest_anndata`.
     """
     path = Path(path)
+    opts = options or IngestOptions()
+    opts.check()  # bad options fail before a possibly long read
     if Path(out).exists() and not overwrite:
         raise InputError(f"{out}: already exists; pass --overwrite to replace it")
     adata = read_any(
         path, format=format, orient=orient, labels_file=labels_file, label_col=label_col,
-        check_values=not (layer or use_raw),
+        check_values=not (layer or use_raw), unique_genes=opts.unique_genes, extra_cols=(opts.group_col or "",),
     )
     read_info = dict(adata.uns.pop(READ_INFO_KEY, {}))
     return ingest_anndata(
@@ -163,4 +298,6 @@ def ingest_file(
         seed=seed,
         overwrite=overwrite,
         extra_provenance={"input": read_info},
+        options=opts,
+        messages=messages,
     )

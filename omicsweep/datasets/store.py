@@ -4,7 +4,8 @@
 Layout (keys are constants below):
     X/{data,indices,indptr}   CSR, zstd-compressed, data/indices chunked to about ROWS_PER_CHUNK rows
     obs/label                 categorical: integer codes + class names
-    obs/split                 categorical: train / val / test
+    obs/split                 categorical: train / val / test (for a k-fold store: fold 0's assignment)
+    obs/fold                  k-fold stores only: fold id per cell (int16)
     var/_index                gene names
     uns/omicsweep             fingerprint, provenance, chunking
 """
@@ -24,10 +25,12 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from omicsweep.errors import InputError
+from omicsweep.datasets.splits import fold_to_split
+from omicsweep.errors import ConfigError, InputError
 
 LABEL_KEY = "label"
 SPLIT_KEY = "split"
+FOLD_KEY = "fold"
 META_KEY = "omicsweep"
 SPLITS = ("train", "val", "test")
 ROWS_PER_CHUNK = 1024
@@ -53,12 +56,18 @@ class Fingerprinter:
             self._digest.update(np.ascontiguousarray(np.diff(part.indptr), dtype=np.int64).tobytes())
         self._rows += block.shape[0]
 
-    def finish(self, genes: np.ndarray, codes: np.ndarray, classes: list[str], split_codes: np.ndarray) -> str:
+    def finish(
+        self, genes: np.ndarray, codes: np.ndarray, classes: list[str], split_codes: np.ndarray,
+        folds: np.ndarray | None = None,
+    ) -> str:
         self._digest.update(np.asarray([self._rows, len(genes)], dtype=np.int64).tobytes())
         self._digest.update("\x1f".join(map(str, genes)).encode())
         self._digest.update(np.ascontiguousarray(codes, dtype=np.int64).tobytes())
         self._digest.update("\x1f".join(classes).encode())
         self._digest.update(np.ascontiguousarray(split_codes, dtype=np.int8).tobytes())
+        if folds is not None:  # only k-fold stores: other stores keep the fingerprints they always had
+            self._digest.update(b"folds")
+            self._digest.update(np.ascontiguousarray(folds, dtype=np.int16).tobytes())
         return "sha256:" + self._digest.hexdigest()
 
 
@@ -116,7 +125,7 @@ class StoreWriter:
 
     def finish(
         self, *, codes: np.ndarray, classes: list[str], split_codes: np.ndarray, cell_ids: np.ndarray,
-        provenance: dict[str, Any],
+        provenance: dict[str, Any], folds: np.ndarray | None = None,
     ) -> str:
         import anndata as ad
         import pandas as pd
@@ -129,7 +138,9 @@ class StoreWriter:
             indptr = indptr.astype(np.int32)  # same dtype as indices, as scipy and scikit-learn expect
         self._x.create_array("indptr", data=indptr, chunks=(min(len(indptr), 1 << 20),))
         self._x.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0", "shape": [self.n_rows, len(self.genes)]})
-        fingerprint = self._fingerprint.finish(self.genes, codes, list(classes), split_codes)
+        if folds is not None and len(folds) != self.n_rows:
+            raise InputError(f"{self.out}: {self.n_rows} rows but {len(folds)} fold ids")
+        fingerprint = self._fingerprint.finish(self.genes, codes, list(classes), split_codes, folds)
         obs = pd.DataFrame(
             {
                 LABEL_KEY: pd.Categorical.from_codes(np.asarray(codes, dtype=np.int64), categories=list(classes)),
@@ -137,6 +148,8 @@ class StoreWriter:
             },
             index=pd.Index(np.asarray(cell_ids, dtype=str)),
         )
+        if folds is not None:
+            obs[FOLD_KEY] = np.asarray(folds, dtype=np.int16)
         meta = {
             "format_version": STORE_FORMAT_VERSION,
             "fingerprint": fingerprint,
@@ -144,6 +157,8 @@ class StoreWriter:
             "rows_per_chunk": ROWS_PER_CHUNK,
             "provenance_json": json.dumps(provenance, sort_keys=True, default=str),
         }
+        if folds is not None:
+            meta["n_folds"] = int(np.max(folds)) + 1 if len(folds) else 0
         shell = ad.AnnData(obs=obs, var=pd.DataFrame(index=pd.Index(self.genes)))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # zarr's notice about future autosharding defaults
@@ -171,29 +186,39 @@ def write_store(
     cell_ids: np.ndarray,
     provenance: dict[str, Any],
     overwrite: bool = False,
+    folds: np.ndarray | None = None,
 ) -> str:
     """Write an in-memory matrix as a store (atomically). Returns the fingerprint.
 
     Rows are grouped by split (train, then val, then test; input order kept within each), so streaming
-    one split reads only its own chunks. Cells keep their ids in `obs_names`.
+    one split reads only its own chunks; a k-fold store (`folds`: fold id per cell) groups them by fold
+    instead, so every fold's train/val/test sets are runs of whole folds. Cells keep their ids in `obs_names`.
     """
-    order = np.argsort(np.asarray(split_codes), kind="stable")
+    order = np.argsort(np.asarray(split_codes if folds is None else folds), kind="stable")
     matrix = sp.csr_matrix(matrix, dtype=np.float32)[order]
     codes, split_codes, cell_ids = np.asarray(codes)[order], np.asarray(split_codes)[order], np.asarray(cell_ids)[order]
+    if folds is not None:
+        folds = np.asarray(folds)[order]
     hint = max(1, matrix.nnz // max(1, matrix.shape[0]))
     with StoreWriter(out, genes=genes, nnz_per_row_hint=hint, overwrite=overwrite) as writer:
         for start in range(0, matrix.shape[0], ROWS_PER_CHUNK):
             writer.append(matrix[start : start + ROWS_PER_CHUNK])
         return writer.finish(
-            codes=codes, classes=classes, split_codes=split_codes, cell_ids=cell_ids, provenance=provenance
+            codes=codes, classes=classes, split_codes=split_codes, cell_ids=cell_ids, provenance=provenance,
+            folds=folds,
         )
 
 
 @dataclass
 class Store:
-    """Read side of a store: shape, genes, classes, splits, provenance, and row-chunk reads of X."""
+    """Read side of a store: shape, genes, classes, splits, provenance, and row-chunk reads of X.
+
+    fold: for a k-fold store, the fold whose cells form the test split (the next fold is the validation
+    split); None keeps the store's recorded split (fold 0's for a k-fold store).
+    """
 
     path: Path
+    fold: int | None = None
 
     def __post_init__(self) -> None:
         import zarr
@@ -215,6 +240,8 @@ class Store:
         self._indices = x["indices"]
         self.indptr = np.asarray(x["indptr"][:], dtype=np.int64)
         self.rows_per_chunk = int(meta.get("rows_per_chunk", ROWS_PER_CHUNK))
+        if self.fold is not None:
+            self.fold = self._check_fold(self.fold)
 
     def _read_meta(self) -> dict[str, Any]:
         from anndata.io import read_elem
@@ -261,11 +288,38 @@ class Store:
     def labels(self) -> np.ndarray:
         return self._categorical_codes(LABEL_KEY)
 
-    def split_indices(self, split: str) -> np.ndarray:
-        """Sorted row indices of one split ('train', 'val' or 'test')."""
+    @property
+    def n_folds(self) -> int:
+        """Number of folds of a store ingested with --folds; 0 otherwise."""
+        return int(self.meta.get("n_folds", 0))
+
+    def folds(self) -> np.ndarray:
+        """Fold id per row (k-fold stores only)."""
+        if not self.n_folds:
+            raise ConfigError(f"{self.path}: has no folds; ingest it with --folds K")
+        return np.asarray(self._root["obs"][FOLD_KEY][:], dtype=np.int64)
+
+    def _check_fold(self, fold) -> int:
+        if not self.n_folds:
+            raise ConfigError(f"config fold={fold!r}: {self.path} has no folds; ingest it with --folds K")
+        if isinstance(fold, bool) or not isinstance(fold, (int, np.integer)) or not 0 <= fold < self.n_folds:
+            raise ConfigError(f"config fold={fold!r}: expected an integer 0..{self.n_folds - 1} for {self.path}")
+        return int(fold)
+
+    def split_indices(self, split: str, fold: int | None = None) -> np.ndarray:
+        """Sorted row indices of one split ('train', 'val' or 'test').
+
+        fold (or the store's own `fold`): in a k-fold store, that fold is the test split, the next fold
+        (cyclically) the validation split, the other folds the training split.
+        """
         if split not in SPLITS:
             raise InputError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
-        return np.flatnonzero(self._categorical_codes(SPLIT_KEY) == SPLITS.index(split))
+        fold = self.fold if fold is None else self._check_fold(fold)
+        if fold is None:
+            codes = self._categorical_codes(SPLIT_KEY)
+        else:
+            codes = fold_to_split(self.folds(), fold, self.n_folds)
+        return np.flatnonzero(codes == SPLITS.index(split))
 
     # ---- data -------------------------------------------------------------------------------------------------
     @property
@@ -292,6 +346,7 @@ class Store:
             "genes": self.n_genes,
             "classes": dict(zip(self.classes, counts.tolist())),
             "splits": {s: int(len(self.split_indices(s))) for s in SPLITS},
+            **({"folds": np.bincount(self.folds(), minlength=self.n_folds).tolist()} if self.n_folds else {}),
             "fingerprint": self.fingerprint,
             "provenance": self.provenance,
         }

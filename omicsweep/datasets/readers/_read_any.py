@@ -21,6 +21,8 @@ def read_any(
     labels_file: Path | None = None,
     label_col: str | None = None,
     check_values: bool = True,
+    unique_genes: bool = False,
+    extra_cols: tuple[str, ...] = (),
 ):
     """Read any supported input into an AnnData (cells x genes) with the labels in `.obs[label_col]`.
 
@@ -29,6 +31,8 @@ def read_any(
     labels_file: a table of cell id + label joined by cell id (`label_col` names its column; without a header,
         the second column or `label_col` as a 1-based column number), or a single column with one label per cell.
     check_values: check X for NaN/inf and unique gene names (ingest turns it off when it uses a layer or .raw).
+    unique_genes: accept duplicate gene names (the caller renames them, e.g. ingest --unique-genes).
+    extra_cols: columns of a labels file to join onto the cells besides the label (e.g. ingest --group-col).
     """
     path = Path(path)
     orient = (orient or "auto").lower()
@@ -51,10 +55,10 @@ def read_any(
     adata = reader(path, **kwargs)
     if labels_file is not None:
         known = set(map(str, adata.obs_names)) | set(map(str, adata.var_names))
-        table = _read_labels_file(Path(labels_file), label_col, known)
+        table = _read_labels_file(Path(labels_file), label_col, known, tuple(c for c in extra_cols if c))
         adata = _attach_labels(adata, table, source=path, orient=orient, orientable=orientable)
         label_col = table.column
-    _check_adata(adata, path, check_values=check_values)
+    _check_adata(adata, path, check_values=check_values, unique_genes=unique_genes)
     if label_col is not None and label_col not in adata.obs.columns:
         cols = [str(c) for c in adata.obs.columns]
         listed = ", ".join(cols[:25]) + (", ..." if len(cols) > 25 else "")
@@ -68,7 +72,7 @@ def read_any(
     return adata
 
 
-def _check_adata(adata, path: Path, *, check_values: bool) -> None:
+def _check_adata(adata, path: Path, *, check_values: bool, unique_genes: bool = False) -> None:
     n_obs, n_vars = adata.shape
     if n_obs == 0 or n_vars == 0:
         raise InputError(f"{path}: the expression matrix is empty ({n_obs} cells x {n_vars} genes)")
@@ -98,9 +102,12 @@ def _check_adata(adata, path: Path, *, check_values: bool) -> None:
                 row, col = np.argwhere(bad)[0]
                 _raise_nonfinite(path, int(bad.sum()), cells[row], adata.var_names[col])
     genes = adata.var_names
-    if genes.has_duplicates:
+    if genes.has_duplicates and not unique_genes:
         dup = genes[genes.duplicated()].unique()
-        raise InputError(f"{path}: gene names are not unique ({len(dup)} duplicated, e.g. {_first_names(dup)})")
+        raise InputError(
+            f"{path}: gene names are not unique ({len(dup)} duplicated, e.g. {_first_names(dup)}); "
+            f"pass --unique-genes to rename them (GENE, GENE-1, ...)"
+        )
 
 
 def _raise_nonfinite(path: Path, count: int, cell, gene) -> None:

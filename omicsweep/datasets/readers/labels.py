@@ -25,10 +25,16 @@ class _LabelTable:
     column: str
     ids: np.ndarray | None  # None: one label per cell, in order
     values: np.ndarray
+    extra: dict[str, np.ndarray] | None = None  # other requested columns (e.g. --group-col), when the file has them
 
 
-def _read_labels_file(path: Path, label_col: str | None, known_ids: set[str]) -> _LabelTable:
-    """cell id + label table (csv/tsv, optionally compressed, header optional) or a single column of labels."""
+def _read_labels_file(
+    path: Path, label_col: str | None, known_ids: set[str], extra_cols: tuple[str, ...] = ()
+) -> _LabelTable:
+    """cell id + label table (csv/tsv, optionally compressed, header optional) or a single column of labels.
+
+    extra_cols: other columns to bring along when the file has a header naming them (e.g. a donor column).
+    """
     import polars as pl
 
     path = Path(path)
@@ -48,6 +54,8 @@ def _read_labels_file(path: Path, label_col: str | None, known_ids: set[str]) ->
     except Exception as exc:
         raise InputError(f"{path}: cannot parse the labels file ({_why(exc)})") from None
     values = df.get_column(names[label_index]).to_numpy()
+    header = _header_names(first, second) if has_header and id_index is not None else []
+    extra = {c: df.get_column(names[header.index(c)]).to_numpy() for c in extra_cols if c in header[1:]}
     if id_index is None:
         return _LabelTable(path, column, None, values)
     ids = df.get_column(names[id_index])
@@ -56,7 +64,13 @@ def _read_labels_file(path: Path, label_col: str | None, known_ids: set[str]) ->
     dup = ids.filter(ids.is_duplicated())
     if len(dup):
         raise InputError(f"{path}: duplicate cell ids in the labels file ({_first_names(dup.unique(maintain_order=True))})")
-    return _LabelTable(path, column, ids.to_numpy().astype(str), values)
+    return _LabelTable(path, column, ids.to_numpy().astype(str), values, extra or None)
+
+
+def _header_names(first: list[str], second: list[str] | None) -> list[str]:
+    """Column names of a headed table, with R write.csv's missing corner cell restored (as in _labels_layout)."""
+    width = len(second) if second is not None else len(first)
+    return ["", *first] if width == len(first) + 1 else first
 
 
 def _labels_layout(path: Path, first: list[str], second: list[str] | None, label_col: str | None, known_ids: set[str]):
@@ -146,4 +160,7 @@ def _attach_labels(adata, table: _LabelTable, *, source: Path, orient: str, orie
             )
     lookup = pd.Series(table.values, index=ids)
     adata.obs[table.column] = lookup.reindex(adata.obs_names).to_numpy()
+    for name, values in (table.extra or {}).items():
+        if name != table.column:
+            adata.obs[name] = pd.Series(values, index=ids).reindex(adata.obs_names).to_numpy()
     return adata
