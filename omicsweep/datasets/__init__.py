@@ -3,15 +3,26 @@
 from omicsweep.datasets.align import AlignedStore, align_to_genes
 from omicsweep.datasets.builtin import available_datasets, resolve_dataset
 from omicsweep.datasets.ingest import IngestOptions, ingest_anndata, ingest_file
-from omicsweep.datasets.loader import SCALINGS, CellBatches, ExpressionTransform, fit_transform_on_train, load_split
+from omicsweep.datasets.loader import (
+    SCALINGS,
+    ArrayBatches,
+    CellBatches,
+    ExpressionTransform,
+    fit_transform_on_train,
+    load_split,
+    training_batches,
+)
 from omicsweep.datasets.preprocess import RECIPES
 from omicsweep.datasets.registered import register_dataset, registered_datasets
+from omicsweep.datasets.resample import RESAMPLES
 from omicsweep.datasets.store import Store
 
 __all__ = [
     "RECIPES",
+    "RESAMPLES",
     "SCALINGS",
     "AlignedStore",
+    "ArrayBatches",
     "CellBatches",
     "ExpressionTransform",
     "IngestOptions",
@@ -25,4 +36,5 @@ __all__ = [
     "register_dataset",
     "registered_datasets",
     "resolve_dataset",
+    "training_batches",
 ]

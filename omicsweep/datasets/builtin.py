@@ -47,13 +47,17 @@ def available_datasets() -> list[str]:
     return sorted(set(BUILTIN) | set(registered_datasets()))
 
 
-def resolve_dataset(name_or_path: str, *, seed: int = 0) -> tuple[str, Path]:
-    """A built-in name (ingested on first use), a registered name, or a store path -> (dataset name, store path).
+def resolve_dataset(name_or_path: str, *, seed: int = 0) -> tuple[str, Path | str]:
+    """A built-in name (ingested on first use), a registered name, a store path or a store URL -> (dataset name,
+    store path, or the URL as a string).
 
-    A registered store keeps its own split: `seed` only chooses the split of built-in datasets.
+    A registered store keeps its own split: `seed` only chooses the split of built-in datasets. A URL is opened
+    once here (with $OMICSWEEP_STORAGE_OPTIONS), so a missing or unreadable remote store fails early.
     """
     from omicsweep.datasets.ingest import ingest_anndata
     from omicsweep.datasets.registered import registered_datasets
+    from omicsweep.datasets.remote import as_location, is_url, store_name
+    from omicsweep.datasets.store import Store
 
     if name_or_path in BUILTIN:
         spec = BUILTIN[name_or_path]
@@ -73,9 +77,16 @@ def resolve_dataset(name_or_path: str, *, seed: int = 0) -> tuple[str, Path]:
                 if not store.exists():  # another process may have won the race to write it
                     raise
         return spec.name, store
+    if is_url(name_or_path):
+        url = as_location(name_or_path)
+        Store(url)  # InputError naming the URL when there is no store
+        return store_name(url), url
     registered = registered_datasets()
     if name_or_path in registered:
-        store = Path(registered[name_or_path])
+        store = as_location(registered[name_or_path])
+        if is_url(store):
+            Store(store)
+            return name_or_path, store
         if not store.exists():
             raise InputError(
                 f"dataset {name_or_path!r} is registered to {store}, which no longer exists; register it again "

@@ -2,7 +2,9 @@
 
 Order: matrix checks -> gene names (unique) -> label filters -> split (stratified, group, k-fold or test-only) ->
 preprocessing recipes (train-fitted ones see only the training split) -> write. Every check that can fail runs
-before the store is written, and the store is written atomically, so a failure leaves nothing.
+before the store is written, and the store is written atomically, so a failure leaves nothing. `out` may be an
+fsspec URL (s3://bucket/x.zarr): the store is written to a local temporary folder, then uploaded with its root
+`zarr.json` last (see `omicsweep.datasets.remote`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import scipy.sparse as sp
 from omicsweep.datasets.filters import filter_labels, make_genes_unique
 from omicsweep.datasets.preprocess import Expression, apply_recipes, check_recipes, parse_recipes, value_kind
 from omicsweep.datasets.readers import READ_INFO_KEY, read_any, read_h5ad  # noqa: F401  (read_h5ad: kept importable here)
+from omicsweep.datasets.remote import is_url, staged_store, store_exists
 from omicsweep.datasets.splits import (
     TRAIN,
     check_fold_count,
@@ -167,7 +170,7 @@ def ingest_anndata(
     adata,
     *,
     label_col: str,
-    out: Path,
+    out: Path | str,
     source: str,
     layer: str | None = None,
     use_raw: bool = False,
@@ -177,9 +180,11 @@ def ingest_anndata(
     extra_provenance: dict[str, Any] | None = None,
     options: IngestOptions | None = None,
     messages: list[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> str:
     """Validate an in-memory AnnData and write it as a store. Returns the store's fingerprint.
 
+    out: a local path or an fsspec URL (written locally, then uploaded; `storage_options` for its filesystem).
     options: filters, split scheme and preprocessing (`fractions`/`seed` override its fields for convenience).
     messages: when given, receives one line per filter or preprocessing step that changed the data (for the CLI).
     """
@@ -225,8 +230,10 @@ def ingest_anndata(
         "split": split_info,
         **(extra_provenance or {}),
     }
-    return write_store(
-        Path(out),
+    return _write_store_at(
+        out,
+        storage_options=storage_options,
+        overwrite=overwrite,
         matrix=data.matrix,
         genes=data.genes,
         codes=codes,
@@ -234,9 +241,16 @@ def ingest_anndata(
         split_codes=split_codes,
         cell_ids=cell_ids,
         provenance=provenance,
-        overwrite=overwrite,
         folds=folds,
     )
+
+
+def _write_store_at(out: Path | str, *, storage_options: dict[str, Any] | None, overwrite: bool, **store) -> str:
+    """write_store to a local path, or to a temporary local store that is then uploaded to a URL."""
+    if is_url(out):
+        with staged_store(str(out), storage_options=storage_options, overwrite=overwrite) as local:
+            return write_store(local, overwrite=True, **store)
+    return write_store(Path(out), overwrite=overwrite, **store)
 
 
 def _filter_lines(report: dict[str, Any], renamed: int) -> list[str]:
@@ -259,7 +273,7 @@ def ingest_file(
     path: Path,
     *,
     label_col: str,
-    out: Path,
+    out: Path | str,
     layer: str | None = None,
     use_raw: bool = False,
     fractions: tuple[float, float, float] | None = None,
@@ -270,8 +284,9 @@ def ingest_file(
     labels_file: Path | None = None,
     options: IngestOptions | None = None,
     messages: list[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> str:
-    """`omicsweep ingest`: any supported input (see `readers.READERS`) to a store.
+    """`omicsweep ingest`: any supported input (see `readers.READERS`) to a store (a local path or a URL).
 
     format: reader name, default detected from the path; orient: 'rows' | 'columns' | 'auto' for tables and plain
     HDF5; labels_file: a cell id + label table joined by cell id, whose label column is `label_col` (a
@@ -280,7 +295,7 @@ def ingest_file(
     path = Path(path)
     opts = options or IngestOptions()
     opts.check()  # bad options fail before a possibly long read
-    if Path(out).exists() and not overwrite:
+    if not overwrite and store_exists(out if is_url(out) else Path(out), storage_options):
         raise InputError(f"{out}: already exists; pass --overwrite to replace it")
     adata = read_any(
         path, format=format, orient=orient, labels_file=labels_file, label_col=label_col,
@@ -300,4 +315,5 @@ def ingest_file(
         extra_provenance={"input": read_info},
         options=opts,
         messages=messages,
+        storage_options=storage_options,
     )

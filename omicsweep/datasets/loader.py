@@ -10,6 +10,14 @@ import scipy.sparse as sp
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from omicsweep.datasets.resample import (
+    STREAMED_RESAMPLES,
+    repeat_counts,
+    resample_option,
+    resample_rng,
+    resample_target,
+    smote_resample,
+)
 from omicsweep.datasets.store import SPLITS, Store
 from omicsweep.errors import ConfigError
 
@@ -123,6 +131,17 @@ def _row_slice(matrix: sp.csr_matrix, start: int, stop: int) -> sp.csr_matrix:
     )
 
 
+def _gathered(x: sp.csr_matrix, y: np.ndarray, take: np.ndarray | None) -> Iterator[tuple[sp.csr_matrix, np.ndarray]]:
+    """A buffer as it is (take None), or its `take` rows gathered in pieces no larger than the buffer itself."""
+    if take is None:
+        yield x, y
+        return
+    piece = max(1, len(y))
+    for start in range(0, len(take), piece):
+        rows = take[start : start + piece]
+        yield x[rows], y[rows]
+
+
 class CellBatches(IterableDataset):
     """Batches of one split of a store: (x [B, genes] float32 tensor, y [B] int64 tensor).
 
@@ -131,6 +150,12 @@ class CellBatches(IterableDataset):
     distributed ranks and DataLoader workers, so each training cell is seen once per epoch across all of them.
     A background thread decodes the next buffer while the current one is consumed. With output="csr" the
     batches are (scipy CSR, int64 labels) before any transform, for consumers that densify elsewhere.
+
+    resample ('over' or 'under', training split only; see `omicsweep.datasets.resample`): each epoch draws a
+    seeded repeat count per training row (the same on every rank and worker) so that the epoch's classes are
+    balanced; a row's copies join the shuffle buffer of its own chunk, and the buffer is gathered batch-sized
+    piece by piece, so memory stays that of the buffer's distinct rows however large the repeat counts.
+    resample_target: cells per class per epoch instead of the largest (over) or smallest (under) class.
     """
 
     def __init__(
@@ -148,9 +173,16 @@ class CellBatches(IterableDataset):
         world_size: int = 1,
         prefetch: bool = True,
         output: str = "dense",
+        resample: str = "none",
+        resample_target: int | None = None,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}")
+        if resample not in STREAMED_RESAMPLES:
+            raise ValueError(f"CellBatches resamples {' or '.join(STREAMED_RESAMPLES[1:])}, not {resample!r} "
+                             "(smote needs the split in memory: omicsweep.datasets.resample.smote_resample)")
+        if resample != "none" and split != "train":
+            raise ValueError(f"only the training split is resampled; {split} is scored as it is")
         if output not in ("dense", "csr") or (output == "dense" and transform is None):
             raise ValueError("output must be 'dense' (with a transform) or 'csr'")
         if not 0 <= rank < world_size:
@@ -167,6 +199,7 @@ class CellBatches(IterableDataset):
         self.prefetch = prefetch
         self.output = output
         self.epoch = 0
+        self.resample, self.resample_target = resample, resample_target
         self._local_rows = _split_rows_by_chunk(store, split)
         self._labels = store.labels()
         self.n_cells = int(sum(len(r) for r in self._local_rows))
@@ -174,44 +207,65 @@ class CellBatches(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def _chunk_order(self, rng: np.random.Generator) -> np.ndarray:
-        order = np.array([c for c, rows in enumerate(self._local_rows) if len(rows)], dtype=np.int64)
+    def epoch_repeats(self) -> list[np.ndarray] | None:
+        """This epoch's repeat count per row of the split, one array per chunk (aligned with its rows);
+        None without resampling. Seeded by (seed, epoch) only, so every rank and worker draws the same."""
+        if self.resample == "none":
+            return None
+        labels = np.concatenate([self._labels[self.store.chunk_bounds(c)[0] + local]
+                                 for c, local in enumerate(self._local_rows)])
+        counts = repeat_counts(labels, self.resample, resample_rng(self.seed, self.epoch), target=self.resample_target)
+        return np.split(counts, np.cumsum([len(local) for local in self._local_rows])[:-1])
+
+    def _chunk_order(self, rng: np.random.Generator, repeats: list[np.ndarray] | None = None) -> np.ndarray:
+        used = self._local_rows if repeats is None else [r[r > 0] for r in repeats]  # chunks with nothing drawn: skipped
+        order = np.array([c for c, rows in enumerate(used) if len(rows)], dtype=np.int64)
         if self.shuffle:
             order = rng.permutation(order)  # same permutation on every rank and worker: shards stay disjoint
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
         return order[self.rank * workers + worker :: self.world_size * workers]
 
-    def _read_chunk(self, chunk: int) -> tuple[sp.csr_matrix, np.ndarray]:
+    def _read_chunk(self, chunk: int, repeats: np.ndarray | None = None) -> tuple[sp.csr_matrix, np.ndarray]:
         start, stop = self.store.chunk_bounds(chunk)
-        local = self._local_rows[chunk]
+        local = self._local_rows[chunk] if repeats is None else self._local_rows[chunk][repeats > 0]
         block = self.store.read_rows(start, stop)
         if len(local) != stop - start:  # skip the copy when the whole chunk belongs to the split
             block = block[local]
         return block, self._labels[start + local]
 
-    def _read_buffer(self, chunks: np.ndarray, index: int) -> tuple[sp.csr_matrix, np.ndarray]:
-        """Decode, stack and (when shuffling) permute one buffer; runs in the prefetch thread."""
-        parts = [self._read_chunk(c) for c in chunks]
-        x, y = sp.vstack([p[0] for p in parts], format="csr"), np.concatenate([p[1] for p in parts])
-        if self.shuffle:
-            perm = np.random.default_rng([self.seed, self.epoch, index]).permutation(len(y))
-            x, y = x[perm], y[perm]
-        return x, y
+    def _read_buffer(self, chunks: np.ndarray, index: int, repeats: list[np.ndarray] | None = None):
+        """Decode, stack and (when shuffling) permute one buffer; runs in the prefetch thread.
 
-    def _buffers(self, order: np.ndarray) -> Iterator[tuple[sp.csr_matrix, np.ndarray]]:
+        Returns (x, y, take): take is None without resampling, else the buffer's row positions, each as often
+        as its repeat count, in shuffled order (x holds every drawn row once).
+        """
+        parts = [self._read_chunk(c, None if repeats is None else repeats[c]) for c in chunks]
+        x, y = sp.vstack([p[0] for p in parts], format="csr"), np.concatenate([p[1] for p in parts])
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        if repeats is not None:
+            counts = np.concatenate([repeats[c][repeats[c] > 0] for c in chunks])
+            take = np.repeat(np.arange(len(y)), counts)
+            return x, y, rng.permutation(take) if self.shuffle else take
+        if self.shuffle:
+            perm = rng.permutation(len(y))
+            x, y = x[perm], y[perm]
+        return x, y, None
+
+    def _buffers(self, order: np.ndarray, repeats: list[np.ndarray] | None = None):
         groups = [order[i : i + self.buffer_chunks] for i in range(0, len(order), self.buffer_chunks)]
         if not self.prefetch or len(groups) < 2:
-            yield from (self._read_buffer(g, i) for i, g in enumerate(groups))
+            for i, g in enumerate(groups):
+                yield from _gathered(*self._read_buffer(g, i, repeats))
             return
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="omicsweep-prefetch") as pool:
-            pending = pool.submit(self._read_buffer, groups[0], 0)
+            pending = pool.submit(self._read_buffer, groups[0], 0, repeats)
             for index, nxt in enumerate(groups[1:], start=1):
-                current, pending = pending.result(), pool.submit(self._read_buffer, nxt, index)
-                yield current
-            yield pending.result()
+                current, pending = pending.result(), pool.submit(self._read_buffer, nxt, index, repeats)
+                yield from _gathered(*current)
+            yield from _gathered(*pending.result())
 
     def _emit(self, matrix: sp.csr_matrix, labels: np.ndarray):
         if self.output == "csr":
@@ -220,10 +274,11 @@ class CellBatches(IterableDataset):
         return torch.from_numpy(dense), torch.from_numpy(labels.astype(np.int64))
 
     def __iter__(self) -> Iterator:
-        order = self._chunk_order(np.random.default_rng([self.seed, self.epoch]))
+        repeats = self.epoch_repeats()
+        order = self._chunk_order(np.random.default_rng([self.seed, self.epoch]), repeats)
         size = self.batch_size
         carry_x, carry_y = None, None  # fewer than batch_size rows left over from the previous buffer
-        for block_x, block_y in self._buffers(order):
+        for block_x, block_y in self._buffers(order, repeats):
             start = 0
             if carry_y is not None:
                 need = size - len(carry_y)
@@ -240,6 +295,49 @@ class CellBatches(IterableDataset):
                 carry_x, carry_y = _row_slice(block_x, stop, len(block_y)), block_y[stop:]
         if carry_y is not None and len(carry_y) >= self.min_batch:
             yield self._emit(carry_x, carry_y)
+
+
+class ArrayBatches:
+    """Seeded shuffled batches of in-memory arrays, e.g. a SMOTE-resampled training split; iterates like
+    CellBatches (set_epoch, then (x, y) tensors), a new permutation per (seed, epoch)."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, *, batch_size: int, shuffle: bool = True, seed: int = 0,
+                 min_batch: int = 1) -> None:
+        self.x, self.y = np.ascontiguousarray(x, dtype=np.float32), np.asarray(y, dtype=np.int64)
+        self.batch_size, self.shuffle, self.seed, self.min_batch = int(batch_size), shuffle, int(seed), int(min_batch)
+        self.epoch = 0
+        self.n_cells = len(self.y)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.y)
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(n) if self.shuffle else np.arange(n)
+        for start in range(0, n, self.batch_size):
+            rows = order[start : start + self.batch_size]
+            if len(rows) < self.min_batch:
+                break
+            yield torch.from_numpy(self.x[rows]), torch.from_numpy(self.y[rows])
+
+
+def training_batches(
+    store: Store, transform: ExpressionTransform, config: dict, *, batch_size: int, seed: int, min_batch: int = 1,
+) -> CellBatches | ArrayBatches:
+    """The training split's shuffled batches as config `resample` asks (see `omicsweep.datasets.resample`).
+
+    none / over / under: streamed (`CellBatches`, memory of one shuffle buffer). smote: the whole training split
+    is loaded in memory (dense, transformed), SMOTE-resampled and iterated as `ArrayBatches`: SMOTE needs every
+    cell of a class to find its neighbours, so use it on splits that fit in memory.
+    """
+    method = resample_option(config)
+    if method == "smote":
+        x, y = smote_resample(*load_split(store, "train", transform), seed=seed)
+        return ArrayBatches(x, y, batch_size=batch_size, seed=seed, min_batch=min_batch)
+    return CellBatches(
+        store, "train", batch_size=batch_size, transform=transform, shuffle=True, seed=seed, min_batch=min_batch,
+        resample=method, resample_target=resample_target(config),
+    )
 
 
 def load_split(

@@ -1,4 +1,5 @@
-"""User-registered datasets: short names for stores, kept as name -> absolute path in `<cache>/datasets.json`.
+"""User-registered datasets: short names for stores, kept as name -> absolute path (or store URL) in
+`<cache>/datasets.json`.
 
 `omicsweep datasets register NAME STORE` adds one; `--dataset NAME` (sweep, datasets show) resolves it.
 """
@@ -45,16 +46,17 @@ def _write(entries: dict[str, str]) -> None:
     os.replace(tmp, path)  # readers never see a half-written file
 
 
-def register_dataset(name: str, store: Path, *, overwrite: bool = False) -> Path:
-    """Record `name` -> the store's absolute path, after checking the store opens. Returns that path."""
+def register_dataset(name: str, store: Path | str, *, overwrite: bool = False) -> Path | str:
+    """Record `name` -> the store's absolute path (or its URL), after checking the store opens. Returns it."""
     from omicsweep.datasets.builtin import BUILTIN
+    from omicsweep.datasets.remote import canonical_location, is_url
     from omicsweep.datasets.store import Store
 
     if not NAME_PATTERN.match(name):
         raise ConfigError(f"dataset name {name!r}: use letters, digits, '.', '_' or '-' (no paths), up to 100 characters")
     if name in BUILTIN:
         raise ConfigError(f"dataset name {name!r} is a built-in dataset; choose another name")
-    path = Path(store).expanduser().resolve()
+    path = canonical_location(store) if is_url(store) else Path(store).expanduser().resolve()
     Store(path)  # not a store: InputError naming the path
     entries = registered_datasets()
     if name in entries and entries[name] != str(path) and not overwrite:

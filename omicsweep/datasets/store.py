@@ -213,27 +213,40 @@ def write_store(
 class Store:
     """Read side of a store: shape, genes, classes, splits, provenance, and row-chunk reads of X.
 
+    path: a local folder, or an fsspec URL (s3://bucket/x.zarr, gs://..., file://...; `path` stays that string)
+    read through zarr's FsspecStore with `storage_options` (default: $OMICSWEEP_STORAGE_OPTIONS, see
+    `omicsweep.datasets.remote`).
     fold: for a k-fold store, the fold whose cells form the test split (the next fold is the validation
     split); None keeps the store's recorded split (fold 0's for a k-fold store).
     """
 
-    path: Path
+    path: Path | str
     fold: int | None = None
+    storage_options: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         import zarr
 
-        self.path = Path(self.path)
-        if not self.path.exists():
+        from omicsweep.datasets.remote import as_location, is_url, open_remote_group
+
+        self.path = as_location(self.path)
+        remote = is_url(self.path)
+        if not remote and not self.path.exists():
             raise InputError(f"{self.path}: store not found")
         try:
-            self._root = zarr.open_group(str(self.path), mode="r")
+            if remote:
+                self._root = open_remote_group(self.path, self.storage_options)
+            else:
+                self._root = zarr.open_group(str(self.path), mode="r")
             meta = self._read_meta()
             x = self._root["X"]
-        except InputError:
+        except (InputError, ConfigError):
             raise
         except Exception as exc:  # zarr raises many types for a folder that is not a store
-            raise InputError(f"{self.path}: not an omicsweep store ({type(exc).__name__}: {exc})") from None
+            if remote and type(exc).__name__ == "GroupNotFoundError":
+                raise InputError(f"{self.path}: store not found (no {self.path}/zarr.json)") from None
+            what = "cannot open the store" if remote else "not an omicsweep store"  # remote: credentials, network
+            raise InputError(f"{self.path}: {what} ({type(exc).__name__}: {exc})") from None
         self.meta = meta
         self.shape = tuple(int(v) for v in x.attrs["shape"])
         self._data = x["data"]
