@@ -11,6 +11,7 @@ from typing import Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from omicsweep.errors import ConfigError, OmicsweepError
 
@@ -37,7 +38,8 @@ def user_errors(func: Callable) -> Callable:
         try:
             return func(*args, **kwargs)
         except OmicsweepError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            # escaped, no emoji: a message quotes user text ("hvg:100" is not :100:, "[x]" is not markup)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True, emoji=False)
             raise typer.Exit(code=exc.exit_code) from None
 
     return wrapper
@@ -66,7 +68,15 @@ def ingest(
         help="the labels: an obs column / table column or row / GCT column-metadata field / HDF5 vector; "
         "with --labels, the column of that file",
     ),
-    out: Path = typer.Option(..., "--out", help="zarr store to write (STORE.zarr)"),
+    out: str = typer.Option(
+        ..., "--out", help="zarr store to write: STORE.zarr, or an fsspec URL (s3://bucket/STORE.zarr; uploaded "
+        "when complete, root zarr.json last)",
+    ),
+    storage_options: Optional[str] = typer.Option(
+        None, "--storage-options",
+        help='URL --out: fsspec options as JSON, e.g. \'{"endpoint_url": "http://127.0.0.1:9000"}\' '
+        "(default: $OMICSWEEP_STORAGE_OPTIONS, then the filesystem's own environment)",
+    ),
     input_format: Optional[str] = typer.Option(
         None, "--format",
         help="h5ad, zarr, 10x-mtx, 10x-h5, loom, csv, tsv, gct, gctx or hdf5 (default: detected from the path)",
@@ -79,23 +89,56 @@ def ingest(
     ),
     layer: Optional[str] = typer.Option(None, help="use this layer instead of X"),
     raw: bool = typer.Option(False, "--raw", help="use .raw.X instead of X"),
-    split: str = typer.Option("0.7,0.15,0.15", help="train,val,test fractions (stratified)"),
+    split: str = typer.Option("0.7,0.15,0.15", help="train,val,test fractions (stratified, or by group)"),
     seed: int = typer.Option(0, help="seed of the split"),
     overwrite: bool = typer.Option(False, help="replace an existing store"),
+    preprocess: Optional[str] = typer.Option(
+        None, "--preprocess",
+        help="recipes in order, comma-separated: normalize_log1p (counts: normalize_total 1e4 + log1p), hvg:N "
+        "(N highly variable genes fitted on the training split), genes:FILE (keep the genes listed in FILE), "
+        "scbert_tokens (scBERT's expression tokens 0..5)",
+    ),
+    drop_labels: Optional[str] = typer.Option(
+        None, "--drop-labels", help="labels whose cells are dropped, comma-separated, case-insensitive (e.g. unknown,NA)",
+    ),
+    min_class_size: int = typer.Option(0, "--min-class-size", help="drop classes with fewer cells than this"),
+    unique_genes: bool = typer.Option(
+        False, "--unique-genes", help="rename duplicate gene names GENE-1, GENE-2, ... instead of refusing them",
+    ),
+    group_col: Optional[str] = typer.Option(
+        None, "--group-col", help="column of groups (donor, batch) kept whole within one split or fold",
+    ),
+    folds: Optional[int] = typer.Option(
+        None, "--folds", help="K-fold: record a fold id per cell; a trial's config `fold` picks the test fold",
+    ),
+    test_only: bool = typer.Option(False, "--test-only", help="every cell in the test split (an external test set)"),
 ) -> None:
     """Ingest an expression file into a chunked zarr store (atomic: a failure leaves nothing)."""
-    from omicsweep.datasets import Store, ingest_file
+    from omicsweep.datasets import IngestOptions, Store, ingest_file
+    from omicsweep.datasets.remote import as_location, parse_storage_options
     from omicsweep.datasets.splits import check_fractions
 
+    fs_options = parse_storage_options(storage_options)
+    target = as_location(out)  # a URL stays a string; a path becomes a Path
+
     fractions = check_fractions(_parse_fractions(split))
-    ingest_file(
-        input, label_col=label_col, out=out, layer=layer, use_raw=raw, fractions=fractions, seed=seed,
-        overwrite=overwrite, format=input_format, orient=orient, labels_file=labels,
+    options = IngestOptions(
+        fractions=fractions, seed=seed, preprocess=preprocess, min_class_size=min_class_size,
+        drop_labels=tuple(d for d in (drop_labels or "").split(",") if d.strip()), unique_genes=unique_genes,
+        group_col=group_col, folds=folds, test_only=test_only,
     )
-    summary = Store(out).summary()
+    messages: list[str] = []
+    ingest_file(
+        input, label_col=label_col, out=target, layer=layer, use_raw=raw, overwrite=overwrite, format=input_format,
+        orient=orient, labels_file=labels, options=options, messages=messages, storage_options=fs_options,
+    )
+    for line in messages:
+        console.print(line, highlight=False, soft_wrap=True, markup=False, emoji=False)
+    summary = Store(target, storage_options=fs_options).summary()
+    folds_text = f", folds {summary['folds']}" if "folds" in summary else ""
     console.print(
         f"wrote {out}: {summary['cells']} cells x {summary['genes']} genes, {len(summary['classes'])} classes, "
-        f"splits {summary['splits']}, {summary['fingerprint']}"
+        f"splits {summary['splits']}{folds_text}, {summary['fingerprint']}"
     )
 
 
@@ -116,17 +159,51 @@ def list_models() -> None:
 
 
 @datasets_app.command("list")
+@user_errors
 def datasets_list() -> None:
-    """List the built-in datasets."""
+    """List the built-in datasets and the stores registered with `datasets register`."""
+    from omicsweep.datasets import Store, registered_datasets
     from omicsweep.datasets.builtin import BUILTIN
+    from omicsweep.errors import InputError
 
     for spec in BUILTIN.values():
-        console.print(f"[bold]{spec.name}[/]  {spec.description}")
+        console.print(f"[bold]{spec.name}[/]  built-in  {spec.description}", highlight=False)
+    for name, path in registered_datasets().items():
+        try:
+            store = Store(path)
+            what = f"{store.n_cells} cells x {store.n_genes} genes, {len(store.classes)} classes"
+        except InputError:
+            what = "store missing or unreadable"
+        console.print(f"[bold]{name}[/]  registered  {path}  ({what})", highlight=False)
+
+
+@datasets_app.command("register")
+@user_errors
+def datasets_register(
+    name: str = typer.Argument(..., help="short name to use with --dataset"),
+    store: str = typer.Argument(..., help="a store written by `omicsweep ingest` (path or URL)"),
+    overwrite: bool = typer.Option(False, help="replace an existing registration of NAME"),
+) -> None:
+    """Give a store a name usable as `--dataset NAME` (recorded in the cache folder's datasets.json)."""
+    from omicsweep.datasets import register_dataset
+    from omicsweep.datasets.registered import registry_path
+
+    path = register_dataset(name, store, overwrite=overwrite)
+    console.print(f"registered {name} -> {path} (in {registry_path()})", highlight=False)
+
+
+@datasets_app.command("unregister")
+@user_errors
+def datasets_unregister(name: str = typer.Argument(..., help="a registered dataset name")) -> None:
+    """Forget a registered name (the store itself is kept)."""
+    from omicsweep.datasets.registered import unregister_dataset
+
+    console.print(f"unregistered {name} (was {unregister_dataset(name)})", highlight=False)
 
 
 @datasets_app.command("show")
 @user_errors
-def datasets_show(name: str = typer.Argument(..., help="built-in name or store path")) -> None:
+def datasets_show(name: str = typer.Argument(..., help="built-in name, registered name or store path")) -> None:
     """Shape, classes, splits, fingerprint and provenance of a dataset."""
     from omicsweep.datasets import Store, resolve_dataset
 
@@ -193,7 +270,7 @@ class RichProgress:
 @app.command()
 @user_errors
 def sweep(
-    dataset: str = typer.Option("pbmc68k", help="built-in dataset name or store path"),
+    dataset: str = typer.Option("pbmc68k", help="built-in or registered dataset name, or store path"),
     model: str = typer.Option("mlp", help="registered model name, comma-separated names, or 'all'"),
     trials: int = typer.Option(16, min=1, help="trials per model (models with nothing to search run one)"),
     concurrency: int = typer.Option(2, min=1, help="trials running at once"),
@@ -205,10 +282,14 @@ def sweep(
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: SQLite in the run folder)"),
     address: Optional[str] = typer.Option(None, help="Ray cluster address; default starts a local Ray"),
     cpus_per_trial: float = typer.Option(1.0, min=0.01, help="CPUs reserved by each trial"),
+    seeds: int = typer.Option(3, min=0, help="re-run each model's best configuration with this many fresh seeds (0: none)"),
+    ensemble: Optional[int] = typer.Option(
+        None, min=1, help="members per torch model trial (seeds seed..seed+N-1, probabilities averaged; one row)",
+    ),
 ) -> None:
     """Sweep models over a dataset with Ray Tune + Optuna (TPE) + ASHA, tracked in MLflow; print the leaderboard."""
     from omicsweep.benchmark.metrics import METRIC_NAMES
-    from omicsweep.benchmark.space import load_space
+    from omicsweep.benchmark.space import load_space, with_fixed
     from omicsweep.benchmark.sweep import SweepRequest, ray_session, run_sweep
     from omicsweep.datasets import Store, resolve_dataset
     from omicsweep.models import available_models, get_model
@@ -221,6 +302,9 @@ def sweep(
     if space is not None and len(entries) != 1:
         raise ConfigError("--space applies to a single --model")
     spaces = {e.name: load_space(space or e.space_file) for e in entries}
+    if ensemble is not None:  # torch models only; estimators have no members to average
+        spaces = {e.name: with_fixed(spaces[e.name], {"ensemble": ensemble}) if e.family == "torch" else spaces[e.name]
+                  for e in entries}
     if metric not in METRIC_NAMES:
         raise ConfigError(f"--metric {metric!r}: expected one of {', '.join(METRIC_NAMES)}")
     dataset_name, store_path = resolve_dataset(dataset, seed=seed)
@@ -234,7 +318,7 @@ def sweep(
             request = SweepRequest(
                 dataset=dataset_name, store_path=store_path, fingerprint=store.fingerprint, model=entry.name,
                 space=spaces[entry.name], trials=trials, concurrency=concurrency, seed=seed, metric=metric,
-                run_folder=out, cpus_per_trial=cpus_per_trial, max_epochs=max_epochs,
+                run_folder=out, cpus_per_trial=cpus_per_trial, max_epochs=max_epochs, seeds=seeds,
             )
             recorder = MlflowRecorder(uri, artifact_root=out / "mlartifacts")
             with RichProgress(request.n_trials, f"{dataset_name}/{entry.name}") as progress:
@@ -254,6 +338,91 @@ def sweep(
     console.print(f"leaderboard: {csv}, {parquet}; MLflow: {uri}", highlight=False)
 
 
+class _TaggedRecorder:
+    """A recorder that adds tags to the sweep's parent run (`train` marks its runs) and forwards the rest."""
+
+    def __init__(self, inner, tags: dict[str, str]) -> None:
+        self.inner, self.tags = inner, tags
+
+    def start_sweep(self, *, tags: dict[str, str], **kwargs) -> str:
+        return self.inner.start_sweep(tags={**tags, **self.tags}, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+
+@app.command()
+@user_errors
+def train(
+    dataset: str = typer.Option("pbmc68k", help="built-in or registered dataset name, or store path"),
+    model: str = typer.Option(..., help="registered model name"),
+    ensemble: Optional[int] = typer.Option(
+        None, min=1, help="torch models: N members (seeds seed..seed+N-1), probabilities averaged",
+    ),
+    set_: list[str] = typer.Option(
+        [], "--set", help="KEY=VALUE over the model's defaults (repeatable), e.g. --set lr=1e-3 --set n_layers=1",
+    ),
+    seed: int = typer.Option(0, help="split and training seed"),
+    metric: str = typer.Option("accuracy", help="validation metric for early stopping and the best checkpoint"),
+    space: Optional[Path] = typer.Option(None, help="search-space YAML whose defaults to use instead of the model's"),
+    out: Path = typer.Option(DEFAULT_OUT, help="run folder: Ray results, checkpoints, MLflow store, leaderboard"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: SQLite in the run folder)"),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address; default starts a local Ray"),
+    cpus_per_trial: float = typer.Option(1.0, min=0.01, help="CPUs (and torch threads) for the run"),
+) -> None:
+    """One run of a model's defaults (the study's setting) plus --set overrides: no search, same tracking.
+
+    It is a sweep with nothing to search: one MLflow parent run with one child, one leaderboard row.
+    """
+    from omicsweep.benchmark.metrics import METRIC_NAMES
+    from omicsweep.benchmark.space import fixed_space, load_space, parse_overrides
+    from omicsweep.benchmark.sweep import SweepRequest, ray_session, run_sweep
+    from omicsweep.benchmark.training import check_config, config_keys
+    from omicsweep.datasets import Store, resolve_dataset
+    from omicsweep.models import Task, get_model
+    from omicsweep.reports.leaderboard import build_leaderboard, render_leaderboard, write_leaderboard
+    from omicsweep.reports.tracking import MlflowRecorder, default_tracking_uri
+
+    # validate everything before the run folder exists
+    entry = get_model(model)
+    base = load_space(space or entry.space_file)
+    overrides = parse_overrides(set_, base, shared_keys=config_keys(entry.family))
+    if ensemble is not None:
+        if entry.family != "torch":
+            raise ConfigError(f"--ensemble applies to torch models, not {entry.name} (family {entry.family})")
+        overrides["ensemble"] = ensemble
+    if metric not in METRIC_NAMES:
+        raise ConfigError(f"--metric {metric!r}: expected one of {', '.join(METRIC_NAMES)}")
+    dataset_name, store_path = resolve_dataset(dataset, seed=seed)
+    store = Store(store_path)
+    run_space = fixed_space(base, overrides)
+    check_config(entry, {**run_space.defaults, "seed": seed}, Task(n_features=8, n_classes=len(store.classes)))
+
+    out.mkdir(parents=True, exist_ok=True)
+    uri = tracking_uri or default_tracking_uri(out)
+    request = SweepRequest(
+        dataset=dataset_name, store_path=store_path, fingerprint=store.fingerprint, model=entry.name,
+        space=run_space, trials=1, concurrency=1, seed=seed, metric=metric, run_folder=out,
+        cpus_per_trial=cpus_per_trial, seeds=0,
+    )
+    recorder = _TaggedRecorder(MlflowRecorder(uri, artifact_root=out / "mlartifacts"), {"omicsweep.command": "train"})
+    with ray_session(address=address, num_cpus=os.cpu_count()):
+        with RichProgress(1, f"{dataset_name}/{entry.name} (train)") as progress:
+            outcome = run_sweep(request, recorder, progress=progress)
+    changed = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "none"
+    err_console.print(
+        f"{dataset_name}/{entry.name}: {'finished' if outcome.trials_finished else 'FAILED'} in "
+        f"{outcome.wall_time_s:.1f}s wall; overrides of the defaults: {changed}",
+        highlight=False,
+    )
+    table = build_leaderboard(uri)
+    render_leaderboard(table, console)
+    csv, parquet = write_leaderboard(table, out)
+    console.print(f"leaderboard: {csv}, {parquet}; MLflow: {uri}", highlight=False)
+    if not outcome.trials_finished:
+        raise typer.Exit(code=1)
+
+
 @app.command()
 @user_errors
 def leaderboard(
@@ -271,6 +440,157 @@ def leaderboard(
     render_leaderboard(table, console)
     csv, parquet = write_leaderboard(table, out)
     console.print(f"leaderboard: {csv}, {parquet}", highlight=False)
+
+
+def _tracking_store(out: Path, tracking_uri: Optional[str]) -> str:
+    """--tracking-uri, else the SQLite store of the run folder (which must exist)."""
+    from omicsweep.errors import InputError
+    from omicsweep.reports.tracking import default_tracking_uri
+
+    if tracking_uri:
+        return tracking_uri
+    if not (out / "mlflow.db").exists():
+        raise InputError(f"{out}: no MLflow store (mlflow.db) here; pass --out RUN_FOLDER or --tracking-uri")
+    return default_tracking_uri(out)
+
+
+@app.command()
+@user_errors
+def reproduce(
+    run_id: str = typer.Argument(..., help="MLflow run id of a trial (see the leaderboard's best_run_id)"),
+    out: Path = typer.Option(DEFAULT_OUT, help="run folder holding the MLflow store"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: SQLite in the run folder)"),
+    store: Optional[Path] = typer.Option(None, help="the dataset store, if it moved (its fingerprint must match)"),
+) -> None:
+    """Re-run a trial's exact configuration (same seed, same store, same epochs) and compare every final metric."""
+    from rich.table import Table
+
+    from omicsweep.benchmark.reproduce import reproduce as reproduce_trial
+    from omicsweep.reports.tracking import read_trial_record
+
+    record = read_trial_record(_tracking_store(out, tracking_uri), run_id)
+    outcome = reproduce_trial(record, store_path=store)
+    where = f"run {run_id} ({record.dataset}/{record.model}, seed {record.seed}, {outcome.epochs} epoch(s)) on {outcome.store_path}"
+    if outcome.matched:
+        console.print(f"reproduced {where}: all {len(outcome.compared)} metrics match exactly", highlight=False)
+        return
+    table = Table(title=f"{len(outcome.differences)} of {len(outcome.compared)} metrics differ")
+    for column in ("metric", "recorded", "reproduced", "difference"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for diff in outcome.differences:
+        delta = "-" if diff.recorded is None or diff.reproduced is None else f"{diff.reproduced - diff.recorded:+.3g}"
+        table.add_row(diff.key, repr(diff.recorded), repr(diff.reproduced), delta)
+    console.print(f"NOT reproduced: {where}", highlight=False)
+    console.print(table)
+    if outcome.version_changes:
+        for what, before, now in outcome.version_changes:
+            console.print(f"  {what}: recorded {before}, now {now}", highlight=False)
+    else:
+        console.print("  code and package versions are the ones recorded", highlight=False)
+    raise typer.Exit(code=1)
+
+
+@app.command()
+@user_errors
+def predict(
+    input: Path = typer.Argument(..., help="cells to label: .h5ad or AnnData .zarr"),
+    run: str = typer.Option(..., "--run", help="MLflow run id of a trained trial (see the leaderboard's best_run_id)"),
+    out: Path = typer.Option(..., "--out", help="h5ad to write: INPUT plus prediction columns in obs (atomic)"),
+    runs: Path = typer.Option(DEFAULT_OUT, help="run folder holding the MLflow store"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: SQLite in the run folder)"),
+    layer: Optional[str] = typer.Option(None, help="use this layer instead of X"),
+    raw: bool = typer.Option(False, "--raw", help="use .raw.X instead of X"),
+    normalize: str = typer.Option(
+        "auto", help="auto (counts into a model trained on log data get cp10k-log1p), none, log1p or cp10k-log1p",
+    ),
+    truth: Optional[str] = typer.Option(None, help="obs column of known labels: print the agreement"),
+) -> None:
+    """Label cells with a trained model: genes aligned by name (missing ones zero), the training transform applied."""
+    import tempfile
+
+    from omicsweep.benchmark import predict as prediction
+    from omicsweep.errors import InputError
+    from omicsweep.reports.tracking import download_checkpoint, read_trial_record
+
+    uri = _tracking_store(runs, tracking_uri)
+    record = read_trial_record(uri, run)
+    adata, matrix, genes, matrix_name = prediction.read_input(input, layer=layer, use_raw=raw)
+    if truth is not None and truth not in adata.obs.columns:
+        raise InputError(f"{input}: no obs column {truth!r} for --truth")
+    with tempfile.TemporaryDirectory(prefix="omicsweep-predict-") as tmp:
+        trained = prediction.load_trained_model(download_checkpoint(uri, run, Path(tmp)), record.model)
+    if trained.value_kind is None and record.store_path and Path(record.store_path).exists():
+        from omicsweep.datasets import Store
+
+        trained.value_kind = Store(record.store_path).provenance.get("value_kind")
+    values, how = prediction.normalize(matrix, normalize, trained_kind=trained.value_kind)
+    aligned = prediction.align_genes(values, genes, trained.genes)
+    console.print(
+        f"genes: {aligned.present} of {len(trained.genes)} model genes present in {input.name} "
+        f"({len(aligned.missing)} missing, set to 0; {aligned.unused} input genes unused); "
+        f"input {matrix_name}, normalization {how}",
+        highlight=False,
+    )
+    if aligned.present == 0:
+        raise InputError(f"{input}: none of the model's {len(trained.genes)} genes are in {matrix_name}'s gene names")
+    result = prediction.predict_cells(trained, aligned.matrix)
+    info = {
+        "run_id": run, "model": record.model, "dataset": record.dataset, "genes_present": aligned.present,
+        "genes_missing": aligned.missing, "normalization": how, "matrix": matrix_name,
+    }
+    prediction.write_predictions(adata, result, out, info=info)
+    counts = adata.obs["predicted_label"].value_counts()
+    console.print(
+        f"wrote {out}: {adata.n_obs} cells labelled by {record.model} (run {run}); "
+        + ", ".join(f"{label} {n}" for label, n in counts.items() if n),
+        highlight=False,
+    )
+    if truth is not None:
+        known = adata.obs[truth].astype(str).isin(trained.classes).to_numpy()
+        agree = (adata.obs[truth].astype(str).to_numpy() == adata.obs["predicted_label"].astype(str).to_numpy())
+        console.print(
+            f"agreement with obs[{truth!r}]: {agree[known].mean() if known.any() else float('nan'):.3f} "
+            f"over {int(known.sum())} cells whose label the model knows ({int((~known).sum())} others)",
+            highlight=False,
+        )
+
+
+@app.command()
+@user_errors
+def export(
+    run: str = typer.Option(..., "--run", help="MLflow run id of a trained trial"),
+    name: str = typer.Option(..., "--name", help="registered model name"),
+    out: Path = typer.Option(DEFAULT_OUT, help="run folder holding the MLflow store"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: SQLite in the run folder)"),
+) -> None:
+    """Register a trial's model in MLflow's model registry (pyfunc with a gene-column signature)."""
+    from omicsweep.reports.export import export_model
+
+    uri = _tracking_store(out, tracking_uri)
+    model_uri, version = export_model(uri, run, name)
+    console.print(f"registered {name} version {version} from run {run} ({model_uri}); "
+                  f"load with mlflow.pyfunc.load_model('models:/{name}/{version}')", highlight=False)
+
+
+@app.command()
+@user_errors
+def report(
+    out: Path = typer.Option(Path("report.html"), "--out", help="HTML file to write (self-contained)"),
+    runs: Path = typer.Option(DEFAULT_OUT, help="run folder holding the MLflow store"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: SQLite in the run folder)"),
+    attach: bool = typer.Option(True, help="also log each plot as an artifact of the MLflow run it describes"),
+) -> None:
+    """Write one self-contained HTML report: leaderboards and plots per dataset (images embedded)."""
+    from omicsweep.reports.figures import collect_figures
+    from omicsweep.reports.html import report_html, write_report
+    from omicsweep.reports.leaderboard import build_leaderboard
+
+    uri = _tracking_store(runs, tracking_uri)
+    table = build_leaderboard(uri)
+    figures = collect_figures(uri, table, attach_to_runs=attach)
+    written = write_report(report_html(table, figures, source=uri), out)
+    n_figures = sum(len(f.figures) for found in figures.values() for f in found)
+    console.print(f"wrote {written}: {len(table)} leaderboard rows, {n_figures} figures", highlight=False)
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -34,6 +34,23 @@ def ray_session():
 
 
 @pytest.fixture(scope="session")
+def swept(ray_session, pbmc_store, tmp_path_factory):
+    """One small real sweep (mlp, logreg, majority; 2 seed re-runs) shared by the sweep, reproduce, predict,
+    leaderboard and report tests: (run folder, CLI result)."""
+    from typer.testing import CliRunner
+
+    from omicsweep.cli import app
+
+    out = tmp_path_factory.mktemp("runs") / "run"
+    result = CliRunner().invoke(
+        app, ["sweep", "--dataset", "pbmc68k", "--model", "mlp,logreg,majority", "--trials", "4", "--concurrency", "2",
+              "--seed", "0", "--max-epochs", "3", "--seeds", "2", "--out", str(out)],
+    )
+    assert result.exit_code == 0, result.stdout + result.stderr
+    return out, result
+
+
+@pytest.fixture(scope="session")
 def pbmc_adata():
     import scanpy as sc
 

@@ -68,3 +68,59 @@ def test_perfect_and_constant_predictions():
     m = classification_metrics(y, constant)
     assert m["accuracy"] == pytest.approx(1 / 3)
     assert m["macro_auroc"] == pytest.approx(0.5)
+
+
+# ---- study 004's breakdowns ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"seed{c['seed']}-k{c['n_classes']}")
+def test_per_class_accuracy_matches_sklearn_recall_and_top_k(case):
+    from omicsweep.benchmark.metrics import per_class_accuracy
+
+    y, proba = _case(**case)
+    n_classes = proba.shape[1]
+    train = np.random.default_rng(case["seed"]).integers(0, n_classes, size=3 * len(y))
+    table = per_class_accuracy(y, proba, train, ks=(1, 5))
+    assert set(table) == {"class", "n_train", "n_test", "rank1_accuracy", "rank5_accuracy"}
+    assert all(len(v) == n_classes for v in table.values())
+    assert table["n_train"].tolist() == np.bincount(train, minlength=n_classes).tolist()
+    assert table["n_test"].sum() == len(y)
+    labels = np.arange(n_classes)
+    recall = skm.recall_score(y, proba.argmax(axis=1), labels=labels, average=None, zero_division=0)
+    for c in labels:
+        if table["n_test"][c] == 0:
+            assert np.isnan(table["rank1_accuracy"][c]) and np.isnan(table["rank5_accuracy"][c])
+            continue
+        rows = y == c
+        top1 = skm.top_k_accuracy_score(y[rows], proba[rows], k=1, labels=labels)
+        assert table["rank1_accuracy"][c] == pytest.approx(top1, abs=1e-12)
+        if not case["ties"]:  # with tied scores argmax and the top-1 rank break ties differently
+            assert table["rank1_accuracy"][c] == pytest.approx(recall[c], abs=1e-12)
+        top5 = 1.0 if n_classes <= 5 else skm.top_k_accuracy_score(y[rows], proba[rows], k=5, labels=labels)
+        assert table["rank5_accuracy"][c] == pytest.approx(top5, abs=1e-12)
+    # support-weighted means of the per-class values are the overall rank-1 / rank-5 accuracies
+    seen = table["n_test"] > 0
+    overall = classification_metrics(y, proba)
+    for k in (1, 5):
+        weighted = np.average(table[f"rank{k}_accuracy"][seen], weights=table["n_test"][seen])
+        assert weighted == pytest.approx(overall[f"rank{k}_accuracy"], abs=1e-12)
+
+
+def test_correct_overlap_matches_sklearn_jaccard_and_counts():
+    from omicsweep.benchmark.metrics import correct_overlap
+
+    y, proba_a = _case(seed=7, n=300, n_classes=6, drop_class=False, ties=False)
+    _, proba_b = _case(seed=8, n=300, n_classes=6, drop_class=False, ties=False)
+    proba_b = 0.5 * proba_b + 0.5 * np.eye(6)[y] * np.random.default_rng(9).random((300, 1))
+    hit_a, hit_b = proba_a.argmax(axis=1) == y, proba_b.argmax(axis=1) == y
+    out = correct_overlap(y, proba_a, proba_b)
+    assert out["correct_a"] == hit_a.sum() and out["correct_b"] == hit_b.sum()
+    assert out["both"] + out["only_a"] == out["correct_a"] and out["both"] + out["only_b"] == out["correct_b"]
+    assert out["either"] == out["both"] + out["only_a"] + out["only_b"]
+    assert out["jaccard"] == pytest.approx(skm.jaccard_score(hit_a, hit_b), abs=1e-12)
+    assert out["per_class_both"].sum() == out["both"] and len(out["per_class_only_b"]) == 6
+    # labels instead of probabilities give the same answer; a run compared with itself overlaps fully
+    assert correct_overlap(y, proba_a.argmax(axis=1), proba_b)["jaccard"] == out["jaccard"]
+    assert correct_overlap(y, proba_a, proba_a)["jaccard"] == 1.0
+    with pytest.raises(ValueError, match="different samples"):
+        correct_overlap(y, proba_a[:-1], proba_b)

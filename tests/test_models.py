@@ -60,6 +60,135 @@ def test_trial_reports_metrics_checkpoints_and_is_deterministic(name, pbmc_store
     assert strip(results) == strip(again), "same seed on CPU must give the same metrics"
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models on a shared 2-core machine: a second torch thread only adds contention (10x slower here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _tiny_config(name: str) -> dict:
+    space = load_space(get_model(name).space_file)
+    return {**space.defaults, **space.tiny, "seed": 0}
+
+
+def _separable(n_per_class: int = 20, n_features: int = 20, n_classes: int = 3, seed: int = 0):
+    """Well separated Gaussian classes (float32, as the loader gives them)."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(n_classes), n_per_class)
+    x = 3.0 * rng.normal(size=(n_classes, n_features))[y] + rng.normal(size=(len(y), n_features))
+    return x.astype(np.float32), y
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_training_lowers_the_loss_and_fits_a_tiny_batch(name, one_thread):
+    """torch: 16 cells with arbitrary labels are memorised; estimators: a separable set is fitted (not controls)."""
+    from omicsweep.benchmark.training import make_loss, make_optimizer, train_epoch
+
+    entry = get_model(name)
+    if entry.family == "estimator":
+        if entry.role == "control":
+            pytest.skip("controls cannot learn from expression")
+        x, y = _separable()
+        estimator = entry.build(_tiny_config(name), Task(n_features=x.shape[1], n_classes=3)).fit(x, y)
+        accuracy = (np.asarray(estimator.classes_)[estimator.predict_proba(x).argmax(axis=1)] == y).mean()
+        assert accuracy >= 0.95, f"{name}: training accuracy {accuracy:.2f} on a separable set"
+        return
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 20, generator=gen), torch.randperm(16, generator=gen) % 3
+    # the model's own loss and optimiser family, at a rate that fits 16 cells quickly (mlp's default is 1e-6)
+    cfg = {**_tiny_config(name), "lr": 1e-2, "weight_decay": 0.0, "schedule": "none", "grad_clip": 0}
+    model = entry.build(cfg, Task(n_features=20, n_classes=3))
+    loss_fn, optimizer = make_loss(cfg, n_classes=3, train_labels=y.numpy()), make_optimizer(model.parameters(), cfg)
+
+    def evaluate():
+        model.eval()
+        with torch.no_grad():
+            logits = model(x)
+        return float(loss_fn(logits, y)), float((logits.argmax(dim=1) == y).float().mean())
+
+    before, _ = evaluate()
+    for _ in range(300):
+        train_epoch(model, [(x, y)], optimizer, loss_fn)
+    after, accuracy = evaluate()
+    assert after < 0.5 * before, f"{name}: loss {before:.3f} -> {after:.3f}"
+    assert accuracy == 1.0, f"{name}: fits {accuracy:.2f} of 16 training cells"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_save_then_load_predicts_identically(name, one_thread):
+    """torch: state_dict through torch.save / torch.load(weights_only=True), one model and a 2-member ensemble;
+    estimators: estimator_state through npz and np.load(allow_pickle=False) into a freshly built estimator."""
+    import io
+
+    from omicsweep.benchmark.training import build_torch_model, estimator_state, load_estimator_state
+
+    entry = get_model(name)
+    x, y = _separable()
+    task = Task(n_features=x.shape[1], n_classes=3)
+    if entry.family == "estimator":
+        fitted = entry.build(_tiny_config(name), task).fit(x, y)
+        buffer = io.BytesIO()
+        np.savez(buffer, **estimator_state(fitted))
+        buffer.seek(0)
+        with np.load(buffer, allow_pickle=False) as arrays:
+            restored = load_estimator_state(entry.build(_tiny_config(name), task), dict(arrays))
+        assert np.array_equal(restored.predict_proba(x), fitted.predict_proba(x))
+        assert np.array_equal(np.asarray(restored.classes_), np.asarray(fitted.classes_))
+        return
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    for members in (1, 2):
+        cfg = {**_tiny_config(name), "ensemble": members}
+        torch.manual_seed(0)
+        model = build_torch_model(entry, cfg, task)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        for _ in range(3):  # move weights and BatchNorm statistics away from their initial values
+            model.train()
+            optimizer.zero_grad()
+            torch.nn.functional.nll_loss(torch.log_softmax(model(xt), dim=1), yt).backward()
+            optimizer.step()
+        buffer = io.BytesIO()
+        torch.save(model.state_dict(), buffer)
+        buffer.seek(0)
+        torch.manual_seed(1)  # a different initialisation, overwritten by the load
+        restored = build_torch_model(entry, cfg, task)
+        restored.load_state_dict(torch.load(buffer, weights_only=True))
+        model.eval(), restored.eval()
+        with torch.no_grad():
+            assert torch.equal(model(xt), restored(xt)), f"{name}: ensemble={members}"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_checkpoint_holds_test_predictions_matching_the_test_metrics(name, pbmc_store, tmp_path):
+    from omicsweep.benchmark.metrics import classification_metrics
+
+    entry = get_model(name)
+    space = load_space(entry.space_file)
+    store = Store(pbmc_store)
+    context = TrialContext(
+        store_path=str(pbmc_store), fingerprint=store.fingerprint, model=name,
+        defaults={**space.defaults, **space.tiny}, seed=0, metric="accuracy",
+    )
+    last: dict = {}
+
+    def report(metrics, files):
+        last.update(metrics)
+        for file_name, write in (files or {}).items():  # later bests overwrite earlier ones, as Tune keeps one
+            write(str(tmp_path / file_name))
+
+    execute_trial(context, {}, report)
+    with np.load(tmp_path / "test_predictions.npz", allow_pickle=False) as saved:
+        y_true, proba = saved["y_true"], saved["proba"]
+    assert proba.shape == (len(store.split_indices("test")), len(store.classes)) and len(y_true) == len(proba)
+    assert sorted(y_true) == sorted(store.labels()[store.split_indices("test")])
+    recomputed = classification_metrics(y_true, proba)
+    for key in ("accuracy", "macro_f1", "macro_auroc"):
+        assert recomputed[key] == pytest.approx(last[f"test_{key}"], abs=1e-12), key
+
+
 def test_mlp_learns_and_controls_do_not(pbmc_store):
     mlp, _ = _run("mlp", pbmc_store, seed=0)
     majority, _ = _run("majority", pbmc_store, seed=0)

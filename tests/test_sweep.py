@@ -8,24 +8,11 @@ import polars as pl
 import pytest
 from mlflow import MlflowClient
 
+from omicsweep.benchmark.space import load_space
+from omicsweep.models import get_model
 from omicsweep.reports.tracking import default_tracking_uri
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def swept(ray_session, pbmc_store, tmp_path_factory):
-    from typer.testing import CliRunner
-
-    from omicsweep.cli import app
-
-    out = tmp_path_factory.mktemp("runs") / "run"
-    result = CliRunner().invoke(
-        app, ["sweep", "--dataset", "pbmc68k", "--model", "mlp,logreg,majority", "--trials", "4", "--concurrency", "2",
-              "--seed", "0", "--max-epochs", "3", "--out", str(out)],
-    )
-    assert result.exit_code == 0, result.stdout + result.stderr
-    return out, result
 
 
 def _runs(out):
@@ -91,7 +78,8 @@ def test_same_sweep_seed_proposes_the_same_configurations(swept, tmp_path):
     out, _ = swept
     again = tmp_path / "again"
     result = CliRunner().invoke(
-        app, ["sweep", "--model", "mlp", "--trials", "2", "--concurrency", "1", "--seed", "0", "--max-epochs", "1", "--out", str(again)],
+        app, ["sweep", "--model", "mlp", "--trials", "2", "--concurrency", "1", "--seed", "0", "--max-epochs", "1",
+              "--seeds", "0", "--out", str(again)],
     )
     assert result.exit_code == 0, result.stderr
 
@@ -99,9 +87,53 @@ def test_same_sweep_seed_proposes_the_same_configurations(swept, tmp_path):
         _, runs = _runs(folder)
         trials = [r for r in runs if r.data.tags.get("omicsweep.role") == "trial" and r.data.tags["omicsweep.model"] == "mlp"]
         trials.sort(key=lambda r: r.info.start_time)
-        return [{k: v for k, v in r.data.params.items() if k != "max_epochs"} for r in trials]
+        # compare what the sampler proposed: the searched dimensions of mlp's space
+        searched = {d.name for d in load_space(get_model("mlp").space_file).dimensions}
+        return [{k: v for k, v in r.data.params.items() if k in searched} for r in trials]
 
     first, second = configs(out), configs(again)
     # the first two proposals start together under concurrency 2, in either order: compare them as a set
     key = lambda params: sorted(params.items())  # noqa: E731
     assert sorted(map(key, second)) == sorted(map(key, first[:2]))
+
+
+def test_trials_record_store_config_resources_and_checkpoint_artifacts(swept, tmp_path):
+    import numpy as np
+    import torch
+
+    out, _ = swept
+    client, runs = _runs(out)
+    trials = [r for r in runs if r.data.tags.get("omicsweep.role") == "trial"]
+    for run in trials:
+        tags, metrics = run.data.tags, run.data.metrics
+        assert tags["omicsweep.store_path"].endswith(".zarr") and json.loads(tags["omicsweep.config"])["seed"] == 0
+        assert metrics["cpu_s"] > 0 and metrics["peak_rss_mb"] > 10 and metrics["trial_wall_s"] > 0
+        assert metrics["epochs_run"] == metrics["epoch"]
+        folder = tmp_path / run.info.run_id
+        client.download_artifacts(run.info.run_id, "checkpoint", str(folder))
+        names = {p.name for p in (folder / "checkpoint").iterdir()}
+        assert {"trial.json", "transform.npz", "genes.txt", "classes.json"} <= names
+        if "model.pt" in names:  # never unpickled: weights only, arrays without pickle
+            state = torch.load(folder / "checkpoint" / "model.pt", weights_only=True)
+            assert all(isinstance(v, torch.Tensor) for v in state.values())
+        else:
+            with np.load(folder / "checkpoint" / "estimator.npz", allow_pickle=False) as arrays:
+                assert arrays.files
+        assert len((folder / "checkpoint" / "genes.txt").read_text().split()) == 765
+
+
+def test_best_configuration_rerun_with_fresh_seeds(swept):
+    out, _ = swept
+    _, runs = _runs(out)
+    parents = {r.data.tags["omicsweep.model"]: r.info.run_id for r in runs if r.data.tags.get("omicsweep.role") == "sweep"}
+    trial_ids = {r.data.tags["omicsweep.trial_id"]: r for r in runs if r.data.tags.get("omicsweep.role") == "trial"}
+    reruns = [r for r in runs if r.data.tags.get("omicsweep.role") == "seed-rerun"]
+    for model, parent in parents.items():
+        mine = [r for r in reruns if r.data.tags["omicsweep.model"] == model]
+        assert sorted(int(r.data.tags["omicsweep.seed"]) for r in mine) == [1000, 2000]
+        for run in mine:
+            assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == parent
+            source = trial_ids[run.data.tags["omicsweep.rerun_of"]]
+            config = json.loads(run.data.tags["omicsweep.config"])
+            assert {**json.loads(source.data.tags["omicsweep.config"]), "seed": config["seed"]} == config
+            assert "test_accuracy" in run.data.metrics and run.data.metrics["cpu_s"] > 0

@@ -109,3 +109,71 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, f
         "rank1_accuracy": rank_k_accuracy(y_true, proba, 1),
         "rank5_accuracy": rank_k_accuracy(y_true, proba, 5),
     }
+
+
+# ---- study 004's breakdowns: per-class accuracy against training-set size, overlap of two runs' hits --------------
+
+
+def _as_predictions(scores: np.ndarray) -> np.ndarray:
+    """Predicted classes from labels (n,) or class scores (n, classes); scores go through argmax."""
+    scores = np.asarray(scores)
+    return scores.argmax(axis=1) if scores.ndim == 2 else scores.astype(np.int64)
+
+
+def per_class_accuracy(
+    y_true: np.ndarray, proba: np.ndarray, train_labels: np.ndarray, *, ks: tuple[int, ...] = (1, 5)
+) -> dict[str, np.ndarray]:
+    """Rank-k accuracy of each class beside its training-set size (004, Fig. 2A), one row per class.
+
+    Returns equal-length arrays: `class`, `n_train` (training examples), `n_test` (evaluated samples) and
+    `rank{k}_accuracy` for each k (NaN for a class with no evaluated sample). Ranking is `rank_k_accuracy`'s, so
+    the support-weighted mean of a column is the overall rank-k accuracy; without tied scores rank-1 is recall.
+    """
+    y_true = np.asarray(y_true, dtype=np.int64)
+    proba = np.asarray(proba, dtype=np.float64)
+    n_classes = proba.shape[1]
+    n_test = np.bincount(y_true, minlength=n_classes)
+    table: dict[str, np.ndarray] = {
+        "class": np.arange(n_classes),
+        "n_train": np.bincount(np.asarray(train_labels, dtype=np.int64), minlength=n_classes),
+        "n_test": n_test,
+    }
+    order = np.argsort(proba, axis=1, kind="mergesort")[:, ::-1]
+    for k in ks:
+        hit = (order[:, : min(k, n_classes)] == y_true[:, None]).any(axis=1)
+        table[f"rank{k}_accuracy"] = _safe_divide(np.bincount(y_true[hit], minlength=n_classes), n_test)
+        table[f"rank{k}_accuracy"][n_test == 0] = np.nan
+    return table
+
+
+def correct_overlap(y_true: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray) -> dict[str, float | np.ndarray]:
+    """Overlap of the samples two runs predict correctly (rank 1), same samples in the same order (004, Fig. 4).
+
+    `scores_a` / `scores_b` are class probabilities (n, classes) or predicted labels (n,). Returns the counts
+    `correct_a`, `correct_b`, `both`, `only_a`, `only_b`, `either`, the `jaccard` index of the two correct sets
+    (both / either; NaN when neither run is ever right), and per-class counts `per_class_both`, `per_class_only_a`,
+    `per_class_only_b` (arrays over classes, 004's gene-level breakdown).
+    """
+    y_true = np.asarray(y_true, dtype=np.int64)
+    pred_a, pred_b = _as_predictions(scores_a), _as_predictions(scores_b)
+    if not (len(pred_a) == len(pred_b) == len(y_true)):
+        raise ValueError(
+            f"runs cover different samples: {len(y_true)} labels, {len(pred_a)} and {len(pred_b)} predictions"
+        )
+    hit_a, hit_b = pred_a == y_true, pred_b == y_true
+    widths = [np.asarray(s).shape[1] for s in (scores_a, scores_b) if np.asarray(s).ndim == 2]
+    n_classes = max(int(max(y_true.max(initial=-1), pred_a.max(initial=-1), pred_b.max(initial=-1))) + 1, *widths, 0)
+    both, either = int((hit_a & hit_b).sum()), int((hit_a | hit_b).sum())
+    count = lambda mask: np.bincount(y_true[mask], minlength=n_classes)  # noqa: E731
+    return {
+        "correct_a": int(hit_a.sum()),
+        "correct_b": int(hit_b.sum()),
+        "both": both,
+        "only_a": int((hit_a & ~hit_b).sum()),
+        "only_b": int((~hit_a & hit_b).sum()),
+        "either": either,
+        "jaccard": both / either if either else float("nan"),
+        "per_class_both": count(hit_a & hit_b),
+        "per_class_only_a": count(hit_a & ~hit_b),
+        "per_class_only_b": count(~hit_a & hit_b),
+    }

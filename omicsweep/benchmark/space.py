@@ -14,7 +14,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +115,82 @@ def load_space(path: Path) -> SearchSpace:
         raise ConfigError(f"{where}: max_trials must be a positive integer")
     dims = tuple(_parse_dimension(str(name), spec, where) for name, spec in space.items())
     return SearchSpace(path=path, defaults=dict(defaults), dimensions=dims, max_trials=max_trials, tiny=dict(tiny))
+
+
+# ---- fixed configurations: `omicsweep train` (no search) and CLI overrides ---------------------------------------
+
+
+def fixed_space(space: SearchSpace, overrides: dict[str, Any]) -> SearchSpace:
+    """The defaults plus `overrides` and nothing to search: a sweep of it is one run of that configuration."""
+    return replace(space, defaults={**space.defaults, **overrides}, dimensions=(), max_trials=1)
+
+
+def with_fixed(space: SearchSpace, overrides: dict[str, Any]) -> SearchSpace:
+    """`overrides` become defaults and leave the search (e.g. `sweep --ensemble N`)."""
+    dims = tuple(d for d in space.dimensions if d.name not in overrides)
+    return replace(space, defaults={**space.defaults, **overrides}, dimensions=dims)
+
+
+def parse_value(text: str) -> Any:
+    """A --set value as YAML reads it (true, null, 3, [64, 32]), with 1e-3-style floats that YAML 1.1 keeps as text."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _checked_value(key: str, value: Any, space: SearchSpace, where: str) -> Any:
+    """`value` in the type of the key's default and, for a choice dimension, one of its choices."""
+    dims = {d.name: d for d in space.dimensions}
+    default = space.defaults.get(key)
+    want_int = isinstance(default, int) and not isinstance(default, bool)
+    want_int = want_int or (key in dims and dims[key].kind in ("int", "logint"))
+    if want_int and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if key in dims and dims[key].kind == "choice":
+        choices = dims[key].args
+        named = [c for c in choices if c is not None and not _is_number(c)]
+        if named and value not in choices:  # options such as loss or init: only the listed ones exist
+            listed = ", ".join(str(c) for c in choices)
+            raise ConfigError(f"{where}: --set {key}={value!r} is not one of its choices ({listed})")
+        if not named and not (_is_number(value) or (value is None and None in choices)):
+            raise ConfigError(f"{where}: --set {key}={value!r} must be a number")  # widths may leave the grid
+    bad = (
+        (want_int and not (isinstance(value, int) and not isinstance(value, bool)))
+        or (isinstance(default, bool) and not isinstance(value, bool))
+        or ((isinstance(default, float) or (key in dims and dims[key].kind in ("uniform", "loguniform")))
+            and not _is_number(value))
+    )
+    if bad:
+        kind = "a whole number" if want_int else "true or false" if isinstance(default, bool) else "a number"
+        raise ConfigError(f"{where}: --set {key}={value!r} must be {kind}")
+    return float(value) if isinstance(default, float) else value
+
+
+def parse_overrides(pairs: list[str], space: SearchSpace, *, shared_keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """KEY=VALUE pairs checked against the space: a known key (a default, a dimension, a `tiny` key or one of
+    `shared_keys`, options every model of the family understands) and a value of the right type or choice."""
+    where = str(space.path)
+    known = {*space.defaults, *(d.name for d in space.dimensions), *space.tiny, *shared_keys}
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set lr=1e-3")
+        if key == "seed":
+            raise ConfigError("--set seed: the seed comes from --seed")
+        if key not in known:
+            raise ConfigError(f"{where}: --set {key}: unknown key; known: {', '.join(sorted(known))}")
+        overrides[key] = _checked_value(key, parse_value(text.strip()), space, where)
+    return overrides

@@ -7,7 +7,9 @@ search-space file. Tracking goes through a recorder (see `Recorder`), so this mo
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,19 +18,25 @@ from typing import Any, Iterator, Protocol
 from ray.tune import Callback
 
 from omicsweep.benchmark.space import SearchSpace
-from omicsweep.benchmark.trial import TrialContext, run_trial, trial_config
+from omicsweep.datasets.remote import canonical_location
+from omicsweep.benchmark.trial import RESOURCE_KEYS, TrialContext, run_trial, trial_config
 from omicsweep.environment import git_commit, package_versions
 
 LOGGED_PREFIXES = ("train_", "val_", "test_")
-LOGGED_KEYS = ("epoch", "best_val", "epoch_time_s", "time_total_s")
+LOGGED_KEYS = ("epoch", "best_val", "epoch_time_s", "time_total_s", *RESOURCE_KEYS)
+CONFIG_TAG = "omicsweep.config"  # the trial's full configuration as JSON: what `omicsweep reproduce` re-runs
+STORE_TAG = "omicsweep.store_path"
+THREADS_TAG = "omicsweep.threads"
+CHECKPOINT_ARTIFACTS = "checkpoint"  # artifact folder of a trial's run holding its best checkpoint
 
 
 class Recorder(Protocol):
     def start_sweep(self, *, dataset: str, model: str, params: dict[str, Any], tags: dict[str, str]) -> str: ...
     def end_sweep(self, *, status: str, summary: dict[str, float]) -> None: ...
-    def start_trial(self, trial_id: str, *, params: dict[str, Any], tags: dict[str, str]) -> str: ...
+    def start_trial(self, trial_id: str, *, params: dict[str, Any], tags: dict[str, str], role: str = "trial") -> str: ...
     def log_result(self, trial_id: str, metrics: dict[str, Any], *, step: int) -> None: ...
     def end_trial(self, trial_id: str, *, status: str, error: str | None = None) -> None: ...
+    def log_artifacts(self, trial_id: str, folder: str, *, artifact_path: str) -> None: ...
 
 
 @dataclass
@@ -45,6 +53,7 @@ class SweepRequest:
     run_folder: Path
     cpus_per_trial: float = 1.0
     max_epochs: int | None = None  # overrides the space's default when set
+    seeds: int = 3  # seed re-runs of the best configuration after the sweep (0: none)
 
     @property
     def n_trials(self) -> int:
@@ -97,9 +106,12 @@ class TrackingCallback(Callback):
     and progress display stay out of that state and are supplied again by whoever restores.
     """
 
-    def __init__(self, recorder: Recorder, context: TrialContext, progress) -> None:
+    def __init__(self, recorder: Recorder, context: TrialContext, progress, *, dataset_files: str | None = None) -> None:
         self.recorder, self.context, self.progress = recorder, context, progress
+        self.dataset_files = dataset_files  # folder with genes.txt and classes.json, logged beside each checkpoint
         self.started: dict[str, float] = {}
+        self.configs: dict[str, dict[str, Any]] = {}
+        self.completed: list[str] = []
         self.last: dict[str, dict[str, Any]] = {}
         self.overheads: list[float] = []
         self.finished = 0
@@ -111,10 +123,12 @@ class TrackingCallback(Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.started[trial.trial_id] = time.time()
+        config = trial_config(self.context, trial.config)
+        self.configs[trial.trial_id] = config
         self.recorder.start_trial(
             trial.trial_id,
-            params=trial_config(self.context, trial.config),
-            tags={"omicsweep.seed": str(self.context.seed)},
+            params=config,
+            tags={"omicsweep.seed": str(self.context.seed), CONFIG_TAG: config_json(config)},
         )
         self.progress.update(self)
 
@@ -134,8 +148,31 @@ class TrackingCallback(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.finished += 1
+        self.completed.append(trial.trial_id)
+        last = self.last.get(trial.trial_id, {})
+        if "epoch" in last:  # ASHA may have stopped it early: `reproduce` re-runs exactly this many epochs
+            epochs = int(last["epoch"])
+            self.recorder.log_result(trial.trial_id, {"epochs_run": epochs}, step=epochs)
+        try:
+            self._log_checkpoint(trial)
+        except Exception as exc:  # an artifact store hiccup must not abort the sweep; the metrics are logged
+            import warnings
+
+            warnings.warn(f"trial {trial.trial_id}: checkpoint not logged to the tracking store ({exc})", stacklevel=1)
         self.recorder.end_trial(trial.trial_id, status="FINISHED")
         self.progress.update(self)
+
+    def _log_checkpoint(self, trial) -> None:
+        """The trial's best checkpoint (the only one kept) and the store's genes/classes as run artifacts."""
+        checkpoint = getattr(trial, "checkpoint", None)
+        if checkpoint is None:
+            return
+        folder = checkpoint.path
+        if not os.path.isdir(folder):  # remote storage: fetch a local copy first
+            folder = checkpoint.to_directory()
+        self.recorder.log_artifacts(trial.trial_id, folder, artifact_path=CHECKPOINT_ARTIFACTS)
+        if self.dataset_files:
+            self.recorder.log_artifacts(trial.trial_id, self.dataset_files, artifact_path=CHECKPOINT_ARTIFACTS)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.failed += 1
@@ -178,7 +215,7 @@ def run_sweep(request: SweepRequest, recorder: Recorder, *, progress=None) -> Sw
     if request.max_epochs is not None:
         defaults["max_epochs"] = request.max_epochs
     context = TrialContext(
-        store_path=str(Path(request.store_path).resolve()),
+        store_path=canonical_location(request.store_path),
         fingerprint=request.fingerprint,
         model=request.model,
         defaults=defaults,
@@ -195,7 +232,9 @@ def run_sweep(request: SweepRequest, recorder: Recorder, *, progress=None) -> Sw
         search_alg = ConcurrencyLimiter(OptunaSearch(sampler=TPESampler(seed=request.seed)), request.concurrency)
     max_t = int(defaults.get("max_epochs", 1))
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max(1, max_t), grace_period=1, reduction_factor=3)
-    tracker = TrackingCallback(recorder, context, progress)
+    dataset_files = tempfile.TemporaryDirectory(prefix="omicsweep-dataset-")
+    write_dataset_files(request.store_path, Path(dataset_files.name))
+    tracker = TrackingCallback(recorder, context, progress, dataset_files=dataset_files.name)
     name = f"{request.dataset}-{request.model}-{time.strftime('%Y%m%d-%H%M%S')}"
     recorder.start_sweep(
         dataset=request.dataset,
@@ -204,6 +243,8 @@ def run_sweep(request: SweepRequest, recorder: Recorder, *, progress=None) -> Sw
                 "space_file": str(request.space.path), "ray_experiment": name, **{f"default.{k}": v for k, v in defaults.items()}},
         tags={
             "omicsweep.fingerprint": request.fingerprint,
+            STORE_TAG: context.store_path,
+            THREADS_TAG: str(context.threads),
             "omicsweep.seed": str(request.seed),
             "omicsweep.metric": metric,
             "omicsweep.code_version": git_commit(),
@@ -211,7 +252,7 @@ def run_sweep(request: SweepRequest, recorder: Recorder, *, progress=None) -> Sw
         },
     )
     started = time.time()
-    status = "FAILED"
+    status, wall, rerun_wall = "FAILED", None, None
     try:
         tuner = tune.Tuner(
             tune.with_resources(tune.with_parameters(run_trial, context=context), {"cpu": request.cpus_per_trial}),
@@ -232,19 +273,73 @@ def run_sweep(request: SweepRequest, recorder: Recorder, *, progress=None) -> Sw
         )
         tuner.fit()
         status = "FINISHED"
-    finally:
         wall = time.time() - started
-        recorder.end_sweep(
-            status=status,
-            summary={"wall_time_s": wall, "trials_finished": tracker.finished, "trials_failed": tracker.failed},
-        )
+        rerun_wall = record_seed_reruns(request, recorder, tracker)
+    finally:
+        dataset_files.cleanup()
+        wall = time.time() - started if wall is None else wall
+        summary = {"wall_time_s": wall, "trials_finished": tracker.finished, "trials_failed": tracker.failed}
+        if rerun_wall is not None:
+            summary["rerun_wall_s"] = rerun_wall
+        recorder.end_sweep(status=status, summary=summary)
     return SweepOutcome(
         model=request.model, dataset=request.dataset, trials_finished=tracker.finished,
         trials_failed=tracker.failed, wall_time_s=wall, best_value=tracker.best, overheads_s=tracker.overheads,
     )
 
 
-def _json(value: Any) -> str:
-    import json
+def best_trial(tracker: TrackingCallback) -> str | None:
+    """The completed trial with the highest best validation value (selection never looks at test)."""
+    scored = [(float(tracker.last[t]["best_val"]), t) for t in tracker.completed if "best_val" in tracker.last.get(t, {})]
+    return max(scored)[1] if scored else None
 
+
+def record_seed_reruns(request: SweepRequest, recorder: Recorder, tracker: TrackingCallback) -> float | None:
+    """Re-run the best configuration with `request.seeds` fresh seeds, each a child run of role 'seed-rerun'."""
+    from omicsweep.benchmark.reruns import RERUN_OF_TAG, RERUN_ROLE, rerun_seeds, run_seed_reruns
+
+    best = best_trial(tracker)
+    if request.seeds <= 0 or best is None:
+        return None
+    started = time.time()
+    config = tracker.configs[best]
+    seeds = rerun_seeds(request.seed, request.seeds)
+    for seed, results, error in run_seed_reruns(tracker.context, config, seeds, cpus=request.cpus_per_trial):
+        run_key = f"{best}-seed{seed}"
+        full = {**config, "seed": seed}
+        recorder.start_trial(
+            run_key, params=full, role=RERUN_ROLE,
+            tags={"omicsweep.seed": str(seed), CONFIG_TAG: config_json(full), RERUN_OF_TAG: best},
+        )
+        for result in results or []:
+            recorder.log_result(run_key, logged_metrics(result), step=int(result.get("epoch", 0)))
+        if results:
+            epochs = int(results[-1].get("epoch", len(results)))
+            recorder.log_result(run_key, {"epochs_run": epochs}, step=epochs)
+        recorder.end_trial(run_key, status="FAILED" if error else "FINISHED", error=error)
+    return time.time() - started
+
+
+def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars (from a sampler) as Python values, so JSON keeps their exact value and type."""
+    item = getattr(value, "item", None)
+    return item() if callable(item) else str(value)
+
+
+def config_json(config: dict[str, Any]) -> str:
+    return json.dumps(config, sort_keys=True, default=_plain)
+
+
+def write_dataset_files(store_path: Path, folder: Path) -> None:
+    """genes.txt (one name a line, store order) and classes.json: what `predict` needs to align new data."""
+    from omicsweep.datasets.store import Store
+
+    store = Store(store_path)
+    (folder / "genes.txt").write_text("\n".join(store.genes()) + "\n")
+    (folder / "classes.json").write_text(json.dumps(
+        {"classes": store.classes, "fingerprint": store.fingerprint, "value_kind": store.provenance.get("value_kind")}
+    ))

@@ -1,7 +1,9 @@
 """Fitting loops for the two model families. They know nothing of Ray: results go to a `report` callable.
 
 report(metrics: dict, checkpoint_files: dict[str, callable] | None) is called once per epoch (torch) or once
-(estimator). `checkpoint_files` maps a file name to a function that writes that file given its path.
+(estimator). `checkpoint_files` maps a file name to a function that writes that file given its path: trial.json,
+transform.npz, the model (model.pt: a state_dict of `build_torch_model(entry, config, task)`, or estimator.npz:
+`estimator_state`) and test_predictions.npz (y_true, proba of the test split), so two runs can be compared.
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ import torch
 from torch import nn
 
 from omicsweep.benchmark.metrics import classification_metrics
-from omicsweep.datasets.loader import CellBatches, ExpressionTransform, load_split
+from omicsweep.datasets.loader import CellBatches, ExpressionTransform, load_split, training_batches
+from omicsweep.datasets.resample import RESAMPLE_CONFIG_KEYS, apply_class_weight, check_resample_config, resample_arrays
 from omicsweep.datasets.store import Store
 from omicsweep.errors import ConfigError
 from omicsweep.models.base import ModelEntry, Task
+from omicsweep.models.ensemble import EnsembleClassifier, build_torch_model, ensemble_size  # noqa: F401 - re-exported
+from omicsweep.models.estimator_state import estimator_state, load_estimator_state  # noqa: F401 - re-exported
 
 Report = Callable[[dict[str, Any], "dict[str, Callable[[str], None]] | None"], None]
 
@@ -72,6 +77,38 @@ def _option(config: dict[str, Any], key: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise ConfigError(f"config {key}={config.get(key)!r} is not supported; use one of {', '.join(allowed)}")
     return value
+
+
+# config keys every torch model understands (the shared loop reads them), beside those of its search-space file
+TORCH_CONFIG_KEYS = ("lr", "weight_decay", "batch_size", "max_epochs", "patience", "loss", "optimizer", "schedule",
+                     "grad_clip", "focal_gamma", "step_size", "ensemble")
+TRIAL_CONFIG_KEYS = ("scaling", "fold")  # read by the trial for any model: the loader's scaling, a k-fold store's fold
+TRIAL_CONFIG_KEYS += RESAMPLE_CONFIG_KEYS  # datasets: class imbalance (resample, resample_target, class_weight)
+
+
+def config_keys(family: str) -> tuple[str, ...]:
+    """Keys a configuration of a model of `family` may set besides its own search-space keys."""
+    return (*TRIAL_CONFIG_KEYS, *(TORCH_CONFIG_KEYS if family == "torch" else ()))
+
+
+def check_config(entry: ModelEntry, config: dict[str, Any], task: Task) -> None:
+    """Raise ConfigError for a configuration a trial would reject, before any trial starts (the CLI's check)."""
+    from omicsweep.datasets.loader import check_scaling
+
+    try:
+        check_scaling(config.get("scaling"))
+        check_resample_config(config, family=entry.family)  # datasets: class imbalance options
+        if entry.family == "torch":
+            for key, allowed in (("loss", LOSSES), ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
+                _option(config, key, allowed)
+            ensemble_size(config)
+            for key in ("lr", "batch_size", "max_epochs", "patience"):
+                float(config[key])
+        entry.build(config, task)
+    except ConfigError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"model {entry.name}: configuration rejected ({type(exc).__name__}: {exc})") from None
 
 
 def balanced_class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
@@ -174,26 +211,78 @@ def train_epoch(
     return loss_sum / max(1, seen)
 
 
-def fit_torch(entry: ModelEntry, inputs: FitInputs, report: Report) -> None:
-    """Epochs with early stopping on the validation metric; the test split is scored at each new best."""
-    cfg = inputs.config
+@dataclass
+class _Member:
+    """One ensemble member: its model, optimiser, schedule, shuffled batches and its own torch RNG stream."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    batches: CellBatches
+    rng_state: torch.Tensor
+    pretrain_loss: float | None
+
+
+def _make_member(entry: ModelEntry, inputs: FitInputs, index: int) -> _Member:
+    """Member `index` seeded with seed + index (member 0 of a one-model run is exactly the plain run).
+
+    A module with a `pretrain(train_batches, config)` method (e.g. autoencoder initialisation) gets it called
+    here, before the classifier's optimiser exists.
+    """
+    cfg, seed = inputs.config, inputs.seed + index
+    torch.manual_seed(seed)
     model = entry.build(cfg, inputs.task)
-    loss_fn = make_loss(cfg, n_classes=inputs.task.n_classes, train_labels=_train_labels_if_needed(cfg, inputs.store))
-    optimizer = make_optimizer(model.parameters(), cfg)
-    scheduler = make_scheduler(optimizer, cfg)
-    grad_clip = float(cfg.get("grad_clip") or 0.0)
-    train = CellBatches(
-        inputs.store, "train", batch_size=int(cfg["batch_size"]), transform=inputs.transform,
-        shuffle=True, seed=inputs.seed, min_batch=2,  # BatchNorm needs two cells per batch
+    # datasets: config `resample` (none/over/under streamed; smote loads the training split in memory)
+    batches = training_batches(
+        inputs.store, inputs.transform, cfg, batch_size=int(cfg["batch_size"]), seed=seed,
+        min_batch=2,  # BatchNorm needs two cells per batch
     )
+    pretrain = getattr(model, "pretrain", None)
+    pretrain_loss = pretrain(batches, cfg) if callable(pretrain) else None
+    optimizer = make_optimizer(model.parameters(), cfg)
+    return _Member(model, optimizer, make_scheduler(optimizer, cfg), batches, torch.get_rng_state(), pretrain_loss)
+
+
+def _train_members_one_epoch(members: list[_Member], epoch: int, loss_fn: nn.Module, grad_clip: float) -> float:
+    """Each member trains one epoch on its own RNG stream; returns their mean training loss."""
+    losses = []
+    for member in members:
+        torch.set_rng_state(member.rng_state)
+        member.batches.set_epoch(epoch)
+        losses.append(train_epoch(member.model, member.batches, member.optimizer, loss_fn, grad_clip=grad_clip))
+        if member.scheduler is not None:
+            member.scheduler.step()
+        member.rng_state = torch.get_rng_state()
+    return float(np.mean(losses))
+
+
+def _best_files(inputs: FitInputs, model: nn.Module, test_y: np.ndarray, test_proba: np.ndarray):
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return {
+        **_common_files(inputs),
+        "model.pt": lambda path: torch.save(state, path),
+        "test_predictions.npz": lambda path: np.savez(path, y_true=test_y, proba=test_proba),
+    }
+
+
+def fit_torch(entry: ModelEntry, inputs: FitInputs, report: Report) -> None:
+    """Epochs with early stopping on the validation metric; the test split is scored at each new best.
+
+    With config `ensemble` = N > 1, N members (seeds seed + i) train in lockstep, one epoch each per epoch;
+    validation, early stopping, test scores and the checkpoint use their averaged probabilities.
+    """
+    cfg = inputs.config
+    n_members = ensemble_size(cfg)
+    members = [_make_member(entry, inputs, i) for i in range(n_members)]
+    model = members[0].model if n_members == 1 else EnsembleClassifier([m.model for m in members])
+    loss_fn = make_loss(cfg, n_classes=inputs.task.n_classes, train_labels=_train_labels_if_needed(cfg, inputs.store))
+    grad_clip = float(cfg.get("grad_clip") or 0.0)
+    pretrained = [m.pretrain_loss for m in members if m.pretrain_loss is not None]
     val, test = _eval_batches(inputs, "val"), _eval_batches(inputs, "test")
     best, since_best, best_test = -np.inf, 0, {}
     for epoch in range(1, int(cfg["max_epochs"]) + 1):
         started = time.perf_counter()
-        train.set_epoch(epoch)
-        train_loss = train_epoch(model, train, optimizer, loss_fn, grad_clip=grad_clip)
-        if scheduler is not None:
-            scheduler.step()
+        train_loss = _train_members_one_epoch(members, epoch, loss_fn, grad_clip)
         val_proba, val_y, val_loss = predict_torch(model, val)
         val_metrics = classification_metrics(val_y, val_proba)
         score = val_metrics[inputs.metric]
@@ -202,13 +291,13 @@ def fit_torch(entry: ModelEntry, inputs: FitInputs, report: Report) -> None:
             best, since_best = score, 0
             test_proba, test_y, test_loss = predict_torch(model, test)
             best_test = {**_prefixed("test", classification_metrics(test_y, test_proba)), "test_loss": test_loss}
-            state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            files = {**_common_files(inputs), "model.pt": lambda path, s=state: torch.save(s, path)}
+            files = _best_files(inputs, model, test_y, test_proba)
         else:
             since_best += 1
         metrics = {
             "epoch": epoch,
             "train_loss": train_loss,
+            **({"train_ae_loss": float(np.mean(pretrained))} if pretrained else {}),
             "val_loss": val_loss,
             **_prefixed("val", val_metrics),
             "best_val": best,
@@ -230,21 +319,13 @@ def full_proba(estimator, x: np.ndarray, n_classes: int) -> np.ndarray:
     return proba
 
 
-def estimator_state(estimator) -> dict[str, np.ndarray]:
-    """Fitted attributes as plain arrays (saved as npz, loaded without pickle)."""
-    state = {}
-    for key, value in vars(estimator).items():
-        if key.endswith("_") and not key.startswith("__"):
-            array = np.asarray(value)
-            if array.dtype != object:
-                state[key] = array
-    return state
-
-
 def fit_estimator(entry: ModelEntry, inputs: FitInputs, report: Report) -> None:
     started = time.perf_counter()
     estimator = entry.build(inputs.config, inputs.task)
     x_train, y_train = load_split(inputs.store, "train", inputs.transform)
+    # datasets: class imbalance on the training split only (config resample, class_weight)
+    x_train, y_train = resample_arrays(x_train, y_train, inputs.config, seed=inputs.seed)
+    apply_class_weight(estimator, inputs.config)
     estimator.fit(x_train, y_train)
     n_classes = inputs.task.n_classes
     metrics: dict[str, Any] = {"epoch": 1}
@@ -255,7 +336,13 @@ def fit_estimator(entry: ModelEntry, inputs: FitInputs, report: Report) -> None:
         metrics[f"{split}_loss"] = float(-np.mean(np.log(np.clip(proba[np.arange(len(y)), y], 1e-12, None))))
     metrics["best_val"] = metrics[f"val_{inputs.metric}"]
     metrics["epoch_time_s"] = time.perf_counter() - started
-    files = {**_common_files(inputs), "estimator.npz": lambda path: np.savez(path, **estimator_state(estimator))}
+    test_y, test_proba = y, proba  # the loop ends on the test split
+    files = {
+        **_common_files(inputs),
+        # compressed: kNN's state is its training matrix, mostly zeros for single-cell data
+        "estimator.npz": lambda path: np.savez_compressed(path, **estimator_state(estimator)),
+        "test_predictions.npz": lambda path: np.savez(path, y_true=test_y, proba=test_proba),
+    }
     report(metrics, files)
 
 

@@ -31,6 +31,7 @@ def trial_config(context: TrialContext, sampled: dict[str, Any]) -> dict[str, An
 def execute_trial(context: TrialContext, sampled: dict[str, Any], report: Callable) -> None:
     """Run one trial outside or inside Ray; `report(metrics, checkpoint_files)` receives every result."""
     import torch
+    from threadpoolctl import threadpool_limits
 
     from omicsweep.benchmark.training import FITTERS, FitInputs, seed_everything
     from omicsweep.datasets.loader import fit_transform_on_train
@@ -39,7 +40,8 @@ def execute_trial(context: TrialContext, sampled: dict[str, Any], report: Callab
 
     torch.set_num_threads(max(1, int(context.threads)))
     seed_everything(context.seed)
-    store = Store(context.store_path)
+    config = trial_config(context, sampled)
+    store = Store(context.store_path, fold=config.get("fold"))  # k-fold stores: config `fold` picks the test fold
     if store.fingerprint != context.fingerprint:
         raise InputError(
             f"{context.store_path}: fingerprint {store.fingerprint} differs from the sweep's {context.fingerprint}"
@@ -47,13 +49,16 @@ def execute_trial(context: TrialContext, sampled: dict[str, Any], report: Callab
     entry = get_model(context.model)
     inputs = FitInputs(
         store=store,
-        transform=fit_transform_on_train(store),
+        transform=fit_transform_on_train(store, scaling=config.get("scaling", "minmax")),
         task=Task(n_features=store.n_genes, n_classes=len(store.classes)),
-        config=trial_config(context, sampled),
+        config=config,
         seed=context.seed,
         metric=context.metric,
     )
-    FITTERS[entry.family](entry, inputs, report)
+    # BLAS thread pools (scikit-learn, scipy) held to the trial's threads too: a Ray worker gets
+    # OMP_NUM_THREADS=its CPUs, so an in-process re-run (`reproduce`) must match it to sum in the same order
+    with threadpool_limits(limits=max(1, int(context.threads))):
+        FITTERS[entry.family](entry, inputs, report)
 
 
 def tune_report(metrics: dict[str, Any], files: dict[str, Callable[[str], None]] | None) -> None:
@@ -69,6 +74,38 @@ def tune_report(metrics: dict[str, Any], files: dict[str, Callable[[str], None]]
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
+RESOURCE_KEYS = ("trial_wall_s", "cpu_s", "peak_rss_mb")
+
+
+def with_resources(report: Callable) -> Callable:
+    """Wrap `report` so every result also carries the trial's wall time, CPU seconds and peak memory so far.
+
+    CPU seconds are this process's user+system time since the wrapper was made (torch's threads included);
+    peak memory is the process's high-water mark (ru_maxrss), an upper bound when a worker is reused.
+    """
+    import resource
+    import sys
+    import time
+
+    def cpu_seconds() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    started, cpu_started = time.perf_counter(), cpu_seconds()
+    kib = 1 / 1024 if sys.platform != "darwin" else 1 / 1024**2  # ru_maxrss: KiB on Linux, bytes on macOS
+
+    def wrapped(metrics: dict[str, Any], files=None) -> None:
+        metrics = {
+            **metrics,
+            "trial_wall_s": time.perf_counter() - started,
+            "cpu_s": cpu_seconds() - cpu_started,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kib,
+        }
+        report(metrics, files)
+
+    return wrapped
+
+
 def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     """Ray Tune function trainable (bind `context` with tune.with_parameters)."""
-    execute_trial(context, config, tune_report)
+    execute_trial(context, config, with_resources(tune_report))

@@ -9,7 +9,7 @@ from omicsweep.models.base import CELL_CLASSIFICATION, ModelEntry, Task, availab
 
 __all__ = ["CELL_CLASSIFICATION", "ModelEntry", "Task", "available_models", "get_model", "load_all", "register"]
 
-_NOT_MODELS = {"base", "estimator_state"}
+_NOT_MODELS = {"base", "ensemble", "estimator_state"}
 
 
 def load_all() -> None:

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from sklearn.dummy import DummyClassifier
+
 from omicsweep.models.base import ModelEntry, Task, register
+from omicsweep.models.estimator_state import FittedArraysMixin
+
+
+class Control(FittedArraysMixin, DummyClassifier):
+    """DummyClassifier whose checkpoint reloads: its fitted strategy is a private attribute."""
+
+    _private_state = ("_strategy",)
 
 
 def build_majority(config: dict[str, Any], task: Task):
-    from sklearn.dummy import DummyClassifier
-
-    return DummyClassifier(strategy="most_frequent")
+    return Control(strategy="most_frequent")
 
 
 register(
@@ -25,9 +32,7 @@ register(
 
 
 def build_random(config: dict[str, Any], task: Task):
-    from sklearn.dummy import DummyClassifier
-
-    return DummyClassifier(strategy="stratified", random_state=int(config.get("seed", 0)))
+    return Control(strategy="stratified", random_state=int(config.get("seed", 0)))
 
 
 register(

@@ -21,8 +21,12 @@ FINGERPRINT_TAG = "omicsweep.fingerprint"
 SEED_TAG = "omicsweep.seed"
 ERROR_TAG = "omicsweep.error"
 PARENT_TAG = "mlflow.parentRunId"
+TRIAL_ID_TAG = "omicsweep.trial_id"
+CODE_TAG = "omicsweep.code_version"
+PACKAGES_TAG = "omicsweep.packages"
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in a CLI's output
 
 
 def default_tracking_uri(run_folder: Path) -> str:
@@ -83,12 +87,15 @@ class MlflowRecorder:
         self.client.set_terminated(self.parent_id, status=status)
 
     # ---- trials -----------------------------------------------------------------------------------------------
-    def start_trial(self, trial_id: str, *, params: dict[str, Any], tags: dict[str, str]) -> str:
+    def start_trial(
+        self, trial_id: str, *, params: dict[str, Any], tags: dict[str, str], role: str = "trial"
+    ) -> str:
+        """A child run of the sweep; role 'trial' (a sampled configuration) or 'seed-rerun' (best one, new seed)."""
         assert self.parent_id is not None, "start_sweep first"
         run = self.client.create_run(
             self.experiment_id,
             run_name=trial_id,
-            tags={**self._common_tags, **tags, ROLE_TAG: "trial", PARENT_TAG: self.parent_id, "omicsweep.trial_id": trial_id},
+            tags={**self._common_tags, **tags, ROLE_TAG: role, PARENT_TAG: self.parent_id, TRIAL_ID_TAG: trial_id},
         )
         self.trial_runs[trial_id] = run.info.run_id
         self._log_params(run.info.run_id, params)
@@ -103,6 +110,10 @@ class MlflowRecorder:
         if error:
             self.client.set_tag(run_id, ERROR_TAG, error[:4000])
         self.client.set_terminated(run_id, status=status)
+
+    def log_artifacts(self, trial_id: str, folder: str, *, artifact_path: str) -> None:
+        """Copy a folder (a trial's best checkpoint) into the trial run's artifacts under `artifact_path`."""
+        self.client.log_artifacts(self.trial_runs[trial_id], str(folder), artifact_path=artifact_path)
 
     # ---- helpers ----------------------------------------------------------------------------------------------
     def _log_params(self, run_id: str, params: dict[str, Any]) -> None:
@@ -123,3 +134,77 @@ class MlflowRecorder:
         ]
         for start in range(0, len(items), 500):
             self.client.log_batch(run_id, metrics=items[start : start + 500])
+
+
+# ---- reading runs back ---------------------------------------------------------------------------------------------
+
+
+def get_run(tracking_uri: str, run_id: str):
+    """The MLflow run, or an InputError naming the store when it is not there."""
+    from mlflow.exceptions import MlflowException
+
+    from omicsweep.errors import InputError
+
+    try:
+        return _client(tracking_uri).get_run(run_id)
+    except MlflowException:
+        raise InputError(f"run {run_id}: not found in the tracking store {tracking_uri}") from None
+
+
+def _param(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def read_trial_record(tracking_uri: str, run_id: str):
+    """A trial's (or seed re-run's) record as `benchmark.reproduce.TrialRecord`: config, seed, store, metrics."""
+    from omicsweep.benchmark.reproduce import TrialRecord
+    from omicsweep.benchmark.sweep import CONFIG_TAG, STORE_TAG, THREADS_TAG
+    from omicsweep.errors import InputError
+
+    run = get_run(tracking_uri, run_id)
+    tags, params = run.data.tags, run.data.params
+    if tags.get(ROLE_TAG) not in ("trial", "seed-rerun"):
+        raise InputError(f"run {run_id}: not a trial run (role {tags.get(ROLE_TAG)!r}); pass a trial's run id")
+    if CONFIG_TAG in tags:
+        config = json.loads(tags[CONFIG_TAG])
+    else:  # runs from before the config tag: params are JSON text, or plain strings
+        config = {k: _param(v) for k, v in params.items()}
+    metric = tags.get(METRIC_TAG, "val_accuracy").removeprefix("val_")
+    metrics = dict(run.data.metrics)
+    epochs = metrics.get("epochs_run")
+    return TrialRecord(
+        run_id=run_id,
+        model=tags.get(MODEL_TAG, ""),
+        dataset=tags.get(DATASET_TAG, ""),
+        store_path=tags.get(STORE_TAG),
+        fingerprint=tags.get(FINGERPRINT_TAG, ""),
+        seed=int(config.get("seed", tags.get(SEED_TAG, 0))),
+        metric=metric,
+        config=config,
+        threads=int(tags.get(THREADS_TAG, 1)),
+        epochs_run=int(epochs) if epochs is not None else None,
+        metrics=metrics,
+        code_version=tags.get(CODE_TAG, "unknown"),
+        packages=json.loads(tags[PACKAGES_TAG]) if PACKAGES_TAG in tags else {},
+        status=run.info.status,
+    )
+
+
+def download_checkpoint(tracking_uri: str, run_id: str, folder: Path) -> Path:
+    """A trial run's `checkpoint` artifacts copied into `folder`; an InputError when the run logged none."""
+    from mlflow.exceptions import MlflowException
+
+    from omicsweep.benchmark.sweep import CHECKPOINT_ARTIFACTS
+    from omicsweep.errors import InputError
+
+    client = _client(tracking_uri)
+    get_run(tracking_uri, run_id)
+    try:
+        if not client.list_artifacts(run_id, CHECKPOINT_ARTIFACTS):
+            raise InputError(f"run {run_id}: no checkpoint artifacts (a failed trial, or tracked before they were logged)")
+        return Path(client.download_artifacts(run_id, CHECKPOINT_ARTIFACTS, str(folder)))
+    except MlflowException as exc:
+        raise InputError(f"run {run_id}: cannot read its artifacts ({exc.message})") from None

@@ -1,0 +1,38 @@
+"""MLflow pyfunc wrapper of a trial's model, logged as code (MLflow's models-from-code): nothing is pickled.
+
+Input: a DataFrame whose columns are gene names (the training store's genes; the signature lists them), values
+on the training store's scale. Output: predicted label, its probability and the top-3 labels per row.
+"""
+
+from __future__ import annotations
+
+import mlflow
+from mlflow.pyfunc import PythonModel
+
+
+class OmicsweepModel(PythonModel):
+    def load_context(self, context) -> None:
+        from omicsweep.benchmark.predict import load_trained_model
+
+        self.trained = load_trained_model(context.artifacts["checkpoint"], context.model_config["model"])
+
+    def predict(self, context, model_input, params=None):
+        import numpy as np
+        import pandas as pd
+
+        from omicsweep.benchmark.predict import align_genes, predict_cells
+
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        aligned = align_genes(frame.to_numpy(dtype=np.float32), list(map(str, frame.columns)), self.trained.genes)
+        result = predict_cells(self.trained, aligned.matrix)
+        return pd.DataFrame(
+            {
+                "predicted_label": result.labels,
+                "predicted_probability": result.probability,
+                "predicted_top3": ["; ".join(row) for row in result.top],
+            },
+            index=frame.index,
+        )
+
+
+mlflow.models.set_model(OmicsweepModel())

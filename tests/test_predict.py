@@ -1,0 +1,96 @@
+"""`omicsweep predict` and `export`: a pbmc68k model labels the Zheng-sorted PBMCs; the registry serves it."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+import scipy.sparse as sp
+
+from omicsweep.benchmark.predict import align_genes, normalize
+
+from conftest import SHARED_DATA
+
+ZHENG = SHARED_DATA / "zheng2017_sorted_pbmc_subsample" / "zheng2017_sorted_pbmc_2140.h5ad"
+
+
+def test_align_genes_by_name_missing_zero_duplicates_first():
+    matrix = sp.csr_matrix(np.array([[1.0, 2.0, 3.0, 4.0]]))
+    aligned = align_genes(matrix, ["B", "A", "X", "A"], ["A", "B", "C"])
+    assert aligned.matrix.toarray().tolist() == [[2.0, 1.0, 0.0]]
+    assert (aligned.present, aligned.missing, aligned.unused) == (2, ["C"], 1)
+
+
+def test_normalize_auto_turns_counts_into_cp10k_log1p_for_a_log_model():
+    counts = sp.csr_matrix(np.array([[1.0, 3.0], [0.0, 5.0]]))
+    values, how = normalize(counts, "auto", trained_kind="log")
+    assert how == "cp10k-log1p"
+    assert np.allclose(values.toarray(), np.log1p(np.array([[2500.0, 7500.0], [0.0, 10000.0]])))
+    assert normalize(counts, "auto", trained_kind="counts")[1] == "none"
+
+
+def _best(out, model):
+    table = pl.read_parquet(out / "leaderboard.parquet")
+    return table.filter(pl.col("model") == model)["best_run_id"][0]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not ZHENG.exists(), reason=f"shared dataset absent: {ZHENG}")
+def test_predict_labels_zheng_sorted_pbmcs_with_a_pbmc68k_mlp(swept, cli, tmp_path):
+    import anndata as ad
+
+    out, _ = swept
+    target = tmp_path / "zheng-labelled.h5ad"
+    code, stdout, stderr = cli("predict", ZHENG, "--run", _best(out, "mlp"), "--runs", out, "--out", target,
+                               "--truth", "cell_type")
+    assert code == 0, stdout + stderr
+    assert "750 of 765 model genes present" in stdout and "15 missing" in stdout and "cp10k-log1p" in stdout
+    labelled = ad.read_h5ad(target)
+    assert labelled.n_obs == 2140 and [p.name for p in tmp_path.iterdir()] == [target.name]  # nothing partial left
+    obs = labelled.obs
+    assert obs["predicted_probability"].between(0, 1).all()
+    assert (obs["predicted_probability"] >= obs["predicted_probability_2"]).all()
+    assert all(len(top.split("; ")) == 3 for top in obs["predicted_top3"])
+    known = obs["cell_type"].astype(str) != "CD4+ T Helper2"  # the one sorted population pbmc68k lacks
+    agreement = (obs["cell_type"].astype(str) == obs["predicted_label"].astype(str))[known].mean()
+    assert agreement > 0.4, agreement  # a different dataset with sort labels; chance is about 0.1
+    assert labelled.uns["omicsweep_predict"]["genes_present"] == 750
+
+
+@pytest.mark.slow
+def test_predict_with_an_estimator_on_its_own_training_cells(swept, cli, pbmc_h5ad, tmp_path):
+    import anndata as ad
+
+    out, _ = swept
+    target = tmp_path / "pbmc-labelled.h5ad"
+    code, stdout, stderr = cli("predict", pbmc_h5ad, "--raw", "--run", _best(out, "logreg"), "--runs", out,
+                               "--out", target, "--truth", "bulk_labels")
+    assert code == 0, stdout + stderr
+    assert "765 of 765" in stdout and "normalization none" in stdout
+    obs = ad.read_h5ad(target).obs
+    assert (obs["predicted_label"].astype(str) == obs["bulk_labels"].astype(str)).mean() > 0.8
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::UserWarning")  # MLflow's advice to add type hints to predict
+def test_export_registers_a_pyfunc_with_a_signature(swept, cli, pbmc_adata):
+    import mlflow
+    import pandas as pd
+
+    from omicsweep.reports.tracking import default_tracking_uri
+
+    out, _ = swept
+    code, stdout, stderr = cli("export", "--run", _best(out, "mlp"), "--name", "pbmc-mlp", "--out", out)
+    assert code == 0, stdout + stderr
+    assert "registered pbmc-mlp version 1" in stdout
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(default_tracking_uri(out))
+    try:
+        model = mlflow.pyfunc.load_model("models:/pbmc-mlp/1")
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert model.metadata.signature.inputs.input_names()[:2] == list(pbmc_adata.raw.var_names[:2])
+    frame = pd.DataFrame(pbmc_adata.raw.X[:20].toarray(), columns=list(pbmc_adata.raw.var_names))
+    result = model.predict(frame)
+    assert list(result.columns) == ["predicted_label", "predicted_probability", "predicted_top3"]
+    assert (result["predicted_label"] == pbmc_adata.obs["bulk_labels"][:20].astype(str).to_numpy()).mean() > 0.5
