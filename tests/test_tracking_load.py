@@ -216,9 +216,12 @@ def _sweep_loses_nothing(uri: str, ray_folder: Path, cli) -> None:
     client = MlflowClient(uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(experiments, filter_string="tags.`omicsweep.role` = 'trial'", max_results=1000)
-    by_trial = {r.data.tags["omicsweep.trial_id"]: r for r in runs}
+    # the server is shared with the recorder load test, so look only at this sweep's trials (by Ray trial id)
     results = sorted(ray_folder.glob("ray/*/*/result.json"))
-    assert len(results) == N_TRIALS == len(by_trial)
+    ours = {json.loads(p.read_text().splitlines()[0])["trial_id"] for p in results}
+    by_trial = {r.data.tags["omicsweep.trial_id"]: r for r in runs if r.data.tags.get("omicsweep.trial_id") in ours}
+    copies = [r.data.tags.get("omicsweep.trial_id") for r in runs if r.data.tags.get("omicsweep.trial_id") in ours]
+    assert len(results) == N_TRIALS == len(by_trial) == len(copies)  # every trial once, no duplicate runs
     for path in results:  # every result Ray received is in MLflow, value for value
         lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         run = by_trial[lines[0]["trial_id"]]
