@@ -90,7 +90,8 @@ class Recipe:
         return cls(spec)
 
     def apply(self, data: Expression) -> tuple[Expression, dict[str, Any]]:
-        raise NotImplementedError
+        """Transform the expression data; return it with the parameters to record in provenance."""
+        raise NotImplementedError  # abstract: every registered recipe subclass overrides it
 
     def describe(self, entry: dict[str, Any]) -> str:
         """One line for the CLI about what the step did."""
