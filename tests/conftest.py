@@ -85,3 +85,13 @@ def cli():
         return result.exit_code, result.stdout, result.stderr
 
     return invoke
+
+
+def assert_one_line_error(code, stdout, stderr, *needles):
+    """A user error: exit code 2, exactly one line on stderr naming every needle, no traceback."""
+    assert code == 2, (code, stdout, stderr)
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr + stdout
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])

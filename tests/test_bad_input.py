@@ -8,14 +8,9 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import assert_one_line_error as _assert_one_line_error
 
-def _assert_one_line_error(code, stdout, stderr, *needles):
-    assert code == 2, (code, stdout, stderr)
-    lines = [line for line in stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, stderr
-    assert "Traceback" not in stderr + stdout
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
+
 
 
 def _write_h5ad(path, *, labels, x=None):

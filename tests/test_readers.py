@@ -19,14 +19,9 @@ from omicsweep.datasets import Store, ingest_file
 from omicsweep.datasets.readers import READERS, detect_format, read_any
 from omicsweep.errors import InputError
 
+from conftest import assert_one_line_error as _one_line_error
 
-def _one_line_error(code, stdout, stderr, *needles):
-    assert code == 2, (code, stdout, stderr)
-    lines = [line for line in stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, stderr
-    assert "Traceback" not in stderr + stdout
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
+
 
 
 @pytest.fixture(scope="module")
