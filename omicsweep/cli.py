@@ -142,6 +142,53 @@ def ingest(
     )
 
 
+@app.command("ingest-pairs")
+@user_errors
+def ingest_pairs_command(
+    pairs: Path = typer.Argument(
+        ..., help="CNNC pair file (geneA<TAB>geneB<TAB>label, .txt[.xz|.gz]; its *_num.txt data parts beside it) "
+        "or a GGIPNN folder ({train,valid,test}_text.txt + _label.txt, e.g. gene2vec's)",
+    ),
+    expression: str = typer.Option(
+        ..., "--expression", help="expression store (from `omicsweep ingest`) or dataset name the images are drawn from",
+    ),
+    out: Path = typer.Option(..., "--out", help="pair-task store to write (a small zarr folder)"),
+    parts: Optional[Path] = typer.Option(None, "--parts", help="CNNC data-part boundaries (default: PAIRS' *_num.txt)"),
+    folds: int = typer.Option(3, "--folds", help="CNNC: folds of whole data parts (test fold: config `fold`, default 0)"),
+    binary: bool = typer.Option(False, "--binary", help="CNNC: keep labels 0 and 1 (drop the reversed pairs, label 2)"),
+    max_pairs: Optional[int] = typer.Option(None, "--max-pairs", help="keep a seeded random subset of this many pairs"),
+    seed: int = typer.Option(0, help="seed of --max-pairs"),
+    overwrite: bool = typer.Option(False, help="replace an existing store"),
+) -> None:
+    """Match a gene-pair label file to an expression store (symbols, case-insensitive) into a pair-task store.
+
+    The images (CNNC's 2-D histograms) are built at trial start for the trial's `bins` and `sigma`."""
+    from omicsweep.datasets import resolve_dataset
+    from omicsweep.datasets.pairs import PairIngestOptions, ingest_pairs
+
+    expression_name, expression_path = resolve_dataset(expression)
+    options = PairIngestOptions(parts_file=parts, folds=folds, binary=binary, max_pairs=max_pairs, seed=seed,
+                                overwrite=overwrite)
+    store = ingest_pairs(pairs, expression=expression_path, out=out, options=options)
+    summary = store.summary()
+    c = summary["counts"]
+    dropped = ", ".join(f"{c[k]} {what}" for k, what in (
+        ("dropped_missing_gene", "with a gene missing from the expression data"),
+        ("dropped_reversed", "reversed (--binary)"), ("dropped_subsample", "left out by --max-pairs")) if c.get(k))
+    lines = [
+        f"genes: {c['genes_found']} of {c['genes_in_pairs']} pair genes found in {expression_name} "
+        f"({c['expression_genes']} genes x {c['expression_cells']} cells; symbols matched case-insensitively)",
+        f"pairs: {c['pairs_kept']} of {c['pairs_read']} kept" + (f"; dropped {dropped}" if dropped else ""),
+        "classes: " + ", ".join(f"{k} {v}" for k, v in summary["classes"].items()),
+    ]
+    for k, split in enumerate(summary.get("folds", [summary["splits"]])):
+        lines.append(f"{'fold ' + str(k) if 'folds' in summary else 'given split'}: "
+                     + ", ".join(f"{name} {n}" for name, n in split.items()))
+    lines.append(f"wrote {out}: {summary['pairs']} pairs, {summary['task']}, {summary['fingerprint']}")
+    for line in lines:
+        console.print(line, highlight=False, soft_wrap=True, markup=False, emoji=False)
+
+
 @app.command("models")
 def list_models() -> None:
     """List the registered models."""
@@ -150,11 +197,11 @@ def list_models() -> None:
     from omicsweep.models import available_models, get_model
 
     table = Table(title="Registered models")
-    for column in ("name", "family", "role", "description"):
+    for column in ("name", "family", "role", "tasks", "description"):
         table.add_column(column)
     for name in available_models():
         entry = get_model(name)
-        table.add_row(entry.name, entry.family, entry.role, entry.description)
+        table.add_row(entry.name, entry.family, entry.role, ", ".join(entry.tasks), entry.description)
     console.print(table)
 
 
@@ -162,7 +209,7 @@ def list_models() -> None:
 @user_errors
 def datasets_list() -> None:
     """List the built-in datasets and the stores registered with `datasets register`."""
-    from omicsweep.datasets import Store, registered_datasets
+    from omicsweep.datasets import open_store, registered_datasets
     from omicsweep.datasets.builtin import BUILTIN
     from omicsweep.errors import InputError
 
@@ -170,8 +217,7 @@ def datasets_list() -> None:
         console.print(f"[bold]{spec.name}[/]  built-in  {spec.description}", highlight=False)
     for name, path in registered_datasets().items():
         try:
-            store = Store(path)
-            what = f"{store.n_cells} cells x {store.n_genes} genes, {len(store.classes)} classes"
+            what = open_store(path).describe()
         except InputError:
             what = "store missing or unreadable"
         console.print(f"[bold]{name}[/]  registered  {path}  ({what})", highlight=False)
@@ -205,10 +251,10 @@ def datasets_unregister(name: str = typer.Argument(..., help="a registered datas
 @user_errors
 def datasets_show(name: str = typer.Argument(..., help="built-in name, registered name or store path")) -> None:
     """Shape, classes, splits, fingerprint and provenance of a dataset."""
-    from omicsweep.datasets import Store, resolve_dataset
+    from omicsweep.datasets import open_store, resolve_dataset
 
     _, path = resolve_dataset(name)
-    console.print_json(data=Store(path).summary())
+    console.print_json(data=open_store(path).summary())
 
 
 @datasets_app.command("synth")
@@ -275,7 +321,10 @@ def sweep(
     trials: int = typer.Option(16, min=1, help="trials per model (models with nothing to search run one)"),
     concurrency: int = typer.Option(2, min=1, help="trials running at once"),
     seed: int = typer.Option(0, help="sweep seed: split, sampler and training seeds derive from it"),
-    metric: str = typer.Option("accuracy", help="validation metric to maximise"),
+    metric: Optional[str] = typer.Option(
+        None, help="validation metric to maximise (default: the dataset's: accuracy for cells, balanced_accuracy "
+        "for gene pairs)",
+    ),
     space: Optional[Path] = typer.Option(None, help="search-space YAML to use instead of the model's own"),
     max_epochs: Optional[int] = typer.Option(None, min=1, help="override max_epochs of every torch model"),
     out: Path = typer.Option(DEFAULT_OUT, help="run folder: Ray results, checkpoints, MLflow store, leaderboard"),
@@ -291,24 +340,24 @@ def sweep(
     from omicsweep.benchmark.metrics import METRIC_NAMES
     from omicsweep.benchmark.space import load_space, with_fixed
     from omicsweep.benchmark.sweep import SweepRequest, ray_session, run_sweep
-    from omicsweep.datasets import Store, resolve_dataset
-    from omicsweep.models import available_models, get_model
+    from omicsweep.datasets import open_store, resolve_dataset
+    from omicsweep.models import models_for_task
     from omicsweep.reports.leaderboard import build_leaderboard, render_leaderboard, write_leaderboard
     from omicsweep.reports.tracking import MlflowRecorder, default_tracking_uri
 
-    # validate everything before the run folder exists
-    names = available_models() if model == "all" else [m.strip() for m in model.split(",") if m.strip()]
-    entries = [get_model(n) for n in names]
+    # validate everything before the run folder exists; the store's task kind picks the models that fit it
+    dataset_name, store_path = resolve_dataset(dataset, seed=seed)
+    store = open_store(store_path)
+    entries = models_for_task(model, store.task_kind, where=str(store_path))
     if space is not None and len(entries) != 1:
         raise ConfigError("--space applies to a single --model")
     spaces = {e.name: load_space(space or e.space_file) for e in entries}
     if ensemble is not None:  # torch models only; estimators have no members to average
         spaces = {e.name: with_fixed(spaces[e.name], {"ensemble": ensemble}) if e.family == "torch" else spaces[e.name]
                   for e in entries}
+    metric = metric or store.default_metric
     if metric not in METRIC_NAMES:
         raise ConfigError(f"--metric {metric!r}: expected one of {', '.join(METRIC_NAMES)}")
-    dataset_name, store_path = resolve_dataset(dataset, seed=seed)
-    store = Store(store_path)
 
     out.mkdir(parents=True, exist_ok=True)
     uri = tracking_uri or default_tracking_uri(out)
@@ -363,7 +412,9 @@ def train(
         [], "--set", help="KEY=VALUE over the model's defaults (repeatable), e.g. --set lr=1e-3 --set n_layers=1",
     ),
     seed: int = typer.Option(0, help="split and training seed"),
-    metric: str = typer.Option("accuracy", help="validation metric for early stopping and the best checkpoint"),
+    metric: Optional[str] = typer.Option(
+        None, help="validation metric for early stopping and the best checkpoint (default: the dataset's)",
+    ),
     space: Optional[Path] = typer.Option(None, help="search-space YAML whose defaults to use instead of the model's"),
     out: Path = typer.Option(DEFAULT_OUT, help="run folder: Ray results, checkpoints, MLflow store, leaderboard"),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: SQLite in the run folder)"),
@@ -378,8 +429,8 @@ def train(
     from omicsweep.benchmark.space import fixed_space, load_space, parse_overrides
     from omicsweep.benchmark.sweep import SweepRequest, ray_session, run_sweep
     from omicsweep.benchmark.training import check_config, config_keys
-    from omicsweep.datasets import Store, resolve_dataset
-    from omicsweep.models import Task, get_model
+    from omicsweep.datasets import open_store, resolve_dataset
+    from omicsweep.models import Task, get_model, models_for_task
     from omicsweep.reports.leaderboard import build_leaderboard, render_leaderboard, write_leaderboard
     from omicsweep.reports.tracking import MlflowRecorder, default_tracking_uri
 
@@ -391,12 +442,16 @@ def train(
         if entry.family != "torch":
             raise ConfigError(f"--ensemble applies to torch models, not {entry.name} (family {entry.family})")
         overrides["ensemble"] = ensemble
+    dataset_name, store_path = resolve_dataset(dataset, seed=seed)
+    store = open_store(store_path, config={**base.defaults, **overrides})  # pair tasks: images of its bins/sigma
+    models_for_task(entry.name, store.task_kind, where=str(store_path))
+    metric = metric or store.default_metric
     if metric not in METRIC_NAMES:
         raise ConfigError(f"--metric {metric!r}: expected one of {', '.join(METRIC_NAMES)}")
-    dataset_name, store_path = resolve_dataset(dataset, seed=seed)
-    store = Store(store_path)
     run_space = fixed_space(base, overrides)
-    check_config(entry, {**run_space.defaults, "seed": seed}, Task(n_features=8, n_classes=len(store.classes)))
+    task = Task(n_features=store.n_genes, n_classes=len(store.classes), kind=store.task_kind,
+                input_shape=store.input_shape)
+    check_config(entry, {**run_space.defaults, "seed": seed}, task)
 
     out.mkdir(parents=True, exist_ok=True)
     uri = tracking_uri or default_tracking_uri(out)

@@ -71,6 +71,29 @@ def pbmc_store(private_cache) -> Path:
     return resolve_dataset("pbmc68k")[1]
 
 
+@pytest.fixture(scope="session")
+def actinn_store(tmp_path_factory) -> Path:
+    """ACTINN's 1,000 mouse immune cells (shared data), ingested: the expression behind gene-pair images."""
+    from omicsweep.datasets import ingest_file
+
+    out = tmp_path_factory.mktemp("actinn") / "actinn.zarr"
+    ingest_file(SHARED_DATA / "actinn_mouse_immune" / "actinn_train_set.h5ad", label_col="cell_type", out=out)
+    return out
+
+
+CNNC_DENDRITIC = SHARED_DATA / "cnnc_gene_pairs" / "dendritic_gene_pairs_200.txt.xz"
+
+
+@pytest.fixture(scope="session")
+def pair_store(actinn_store, tmp_path_factory) -> Path:
+    """CNNC's dendritic-cell TF pairs matched to the ACTINN genes: a seeded 1,500 of them, 3 folds by data part."""
+    from omicsweep.datasets.pairs import PairIngestOptions, ingest_pairs
+
+    out = tmp_path_factory.mktemp("pairs") / "dendritic_pairs.zarr"
+    ingest_pairs(CNNC_DENDRITIC, expression=actinn_store, out=out, options=PairIngestOptions(max_pairs=1500))
+    return out
+
+
 @pytest.fixture
 def cli():
     """Invoke the real CLI in-process; returns (exit_code, stdout, stderr)."""

@@ -8,10 +8,24 @@ import torch
 
 from omicsweep.benchmark.space import load_space
 from omicsweep.benchmark.trial import TrialContext, execute_trial
-from omicsweep.datasets import Store
-from omicsweep.models import Task, available_models, get_model
+from omicsweep.datasets import open_store
+from omicsweep.models import CELL_CLASSIFICATION, GENE_PAIR_IMAGE, Task, available_models, get_model
+from omicsweep.tasks import TASK_KINDS
 
 MODELS = available_models()
+# per task kind: a sample task for store-free checks and the real-data store fixture trials run on; each model is
+# tested on every kind it accepts, so a new model (or a new kind with its two entries here) adds no test code
+SAMPLE_TASKS = {
+    CELL_CLASSIFICATION: Task(n_features=20, n_classes=3),
+    GENE_PAIR_IMAGE: Task(n_features=16 * 16, n_classes=3, kind=GENE_PAIR_IMAGE, input_shape=(1, 16, 16)),
+}
+STORE_FIXTURES = {CELL_CLASSIFICATION: "pbmc_store", GENE_PAIR_IMAGE: "pair_store"}
+CASES = [pytest.param(name, kind, id=f"{name}-{kind}") for name in MODELS for kind in get_model(name).tasks]
+
+
+def test_every_task_kind_has_a_sample_task_and_a_store():
+    assert set(TASK_KINDS) == set(SAMPLE_TASKS) == set(STORE_FIXTURES)
+    assert all(get_model(name).tasks and set(get_model(name).tasks) <= set(TASK_KINDS) for name in MODELS)
 
 
 def test_registry_has_the_skeleton_models(cli):
@@ -20,16 +34,17 @@ def test_registry_has_the_skeleton_models(cli):
     assert code == 0 and all(name in stdout for name in MODELS)
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_space_file_is_valid_and_defaults_build(name):
+@pytest.mark.parametrize("name, kind", CASES)
+def test_space_file_is_valid_and_defaults_build(name, kind):
     entry = get_model(name)
     space = load_space(entry.space_file)
     for dim in space.dimensions:
         assert dim.name in space.defaults, f"{name}: searched {dim.name} has no default"
-    model = entry.build({**space.defaults, **space.tiny}, Task(n_features=20, n_classes=3))
+    task = SAMPLE_TASKS[kind]
+    model = entry.build({**space.defaults, **space.tiny}, task)
     if entry.family == "torch":
         model.eval()
-        assert model(torch.randn(4, 20)).shape == (4, 3)
+        assert model(torch.randn(4, task.n_features)).shape == (4, 3)
     else:
         assert hasattr(model, "fit") and hasattr(model, "predict_proba")
 
@@ -37,7 +52,7 @@ def test_space_file_is_valid_and_defaults_build(name):
 def _run(name: str, store_path, seed: int):
     entry = get_model(name)
     space = load_space(entry.space_file)
-    store = Store(store_path)
+    store = open_store(store_path)
     context = TrialContext(
         store_path=str(store_path), fingerprint=store.fingerprint, model=name,
         defaults={**space.defaults, **space.tiny}, seed=seed, metric="accuracy",
@@ -47,15 +62,17 @@ def _run(name: str, store_path, seed: int):
     return results, files
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_trial_reports_metrics_checkpoints_and_is_deterministic(name, pbmc_store):
-    results, files = _run(name, pbmc_store, seed=3)
+@pytest.mark.parametrize("name, kind", CASES)
+def test_trial_reports_metrics_checkpoints_and_is_deterministic(name, kind, request):
+    store_path = request.getfixturevalue(STORE_FIXTURES[kind])
+    results, files = _run(name, store_path, seed=3)
     assert results, "no result reported"
     last = results[-1]
-    for key in ("val_accuracy", "test_accuracy", "test_macro_f1", "test_macro_auroc", "best_val", "epoch_time_s"):
+    for key in ("val_accuracy", "test_accuracy", "test_macro_f1", "test_macro_auroc", "best_val", "epoch_time_s",
+                "test_degenerate", "test_pred_top_share"):
         assert key in last and np.isfinite(last[key]), key
     assert files[0] and "trial.json" in files[0] and "transform.npz" in files[0]  # first result is a new best
-    again, _ = _run(name, pbmc_store, seed=3)
+    again, _ = _run(name, store_path, seed=3)
     strip = lambda rs: [{k: v for k, v in r.items() if k != "epoch_time_s"} for r in rs]  # noqa: E731
     assert strip(results) == strip(again), "same seed on CPU must give the same metrics"
 
@@ -82,26 +99,27 @@ def _separable(n_per_class: int = 20, n_features: int = 20, n_classes: int = 3, 
     return x.astype(np.float32), y
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_training_lowers_the_loss_and_fits_a_tiny_batch(name, one_thread):
-    """torch: 16 cells with arbitrary labels are memorised; estimators: a separable set is fitted (not controls)."""
+@pytest.mark.parametrize("name, kind", CASES)
+def test_training_lowers_the_loss_and_fits_a_tiny_batch(name, kind, one_thread):
+    """torch: 16 samples with arbitrary labels are memorised; estimators: a separable set is fitted (not controls)."""
     from omicsweep.benchmark.training import make_loss, make_optimizer, train_epoch
 
     entry = get_model(name)
+    task = SAMPLE_TASKS[kind]
     if entry.family == "estimator":
         if entry.role == "control":
             pytest.skip("controls cannot learn from expression")
-        x, y = _separable()
-        estimator = entry.build(_tiny_config(name), Task(n_features=x.shape[1], n_classes=3)).fit(x, y)
+        x, y = _separable(n_features=task.n_features)
+        estimator = entry.build(_tiny_config(name), task).fit(x, y)
         accuracy = (np.asarray(estimator.classes_)[estimator.predict_proba(x).argmax(axis=1)] == y).mean()
         assert accuracy >= 0.95, f"{name}: training accuracy {accuracy:.2f} on a separable set"
         return
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
-    x, y = torch.randn(16, 20, generator=gen), torch.randperm(16, generator=gen) % 3
+    x, y = torch.randn(16, task.n_features, generator=gen), torch.randperm(16, generator=gen) % 3
     # the model's own loss and optimiser family, at a rate that fits 16 cells quickly (mlp's default is 1e-6)
     cfg = {**_tiny_config(name), "lr": 1e-2, "weight_decay": 0.0, "schedule": "none", "grad_clip": 0}
-    model = entry.build(cfg, Task(n_features=20, n_classes=3))
+    model = entry.build(cfg, task)
     loss_fn, optimizer = make_loss(cfg, n_classes=3, train_labels=y.numpy()), make_optimizer(model.parameters(), cfg)
 
     def evaluate():
@@ -118,8 +136,8 @@ def test_training_lowers_the_loss_and_fits_a_tiny_batch(name, one_thread):
     assert accuracy == 1.0, f"{name}: fits {accuracy:.2f} of 16 training cells"
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_save_then_load_predicts_identically(name, one_thread):
+@pytest.mark.parametrize("name, kind", CASES)
+def test_save_then_load_predicts_identically(name, kind, one_thread):
     """torch: state_dict through torch.save / torch.load(weights_only=True), one model and a 2-member ensemble;
     estimators: estimator_state through npz and np.load(allow_pickle=False) into a freshly built estimator."""
     import io
@@ -127,8 +145,8 @@ def test_save_then_load_predicts_identically(name, one_thread):
     from omicsweep.benchmark.training import build_torch_model, estimator_state, load_estimator_state
 
     entry = get_model(name)
-    x, y = _separable()
-    task = Task(n_features=x.shape[1], n_classes=3)
+    task = SAMPLE_TASKS[kind]
+    x, y = _separable(n_features=task.n_features)
     if entry.family == "estimator":
         fitted = entry.build(_tiny_config(name), task).fit(x, y)
         buffer = io.BytesIO()
@@ -161,15 +179,16 @@ def test_save_then_load_predicts_identically(name, one_thread):
             assert torch.equal(model(xt), restored(xt)), f"{name}: ensemble={members}"
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_checkpoint_holds_test_predictions_matching_the_test_metrics(name, pbmc_store, tmp_path):
+@pytest.mark.parametrize("name, kind", CASES)
+def test_checkpoint_holds_test_predictions_matching_the_test_metrics(name, kind, request, tmp_path):
     from omicsweep.benchmark.metrics import classification_metrics
 
     entry = get_model(name)
     space = load_space(entry.space_file)
-    store = Store(pbmc_store)
+    store_path = request.getfixturevalue(STORE_FIXTURES[kind])
+    store = open_store(store_path)
     context = TrialContext(
-        store_path=str(pbmc_store), fingerprint=store.fingerprint, model=name,
+        store_path=str(store_path), fingerprint=store.fingerprint, model=name,
         defaults={**space.defaults, **space.tiny}, seed=0, metric="accuracy",
     )
     last: dict = {}
@@ -185,7 +204,7 @@ def test_checkpoint_holds_test_predictions_matching_the_test_metrics(name, pbmc_
     assert proba.shape == (len(store.split_indices("test")), len(store.classes)) and len(y_true) == len(proba)
     assert sorted(y_true) == sorted(store.labels()[store.split_indices("test")])
     recomputed = classification_metrics(y_true, proba)
-    for key in ("accuracy", "macro_f1", "macro_auroc"):
+    for key in ("accuracy", "macro_f1", "macro_auroc", "degenerate", "pred_top_share"):
         assert recomputed[key] == pytest.approx(last[f"test_{key}"], abs=1e-12), key
 
 
@@ -312,7 +331,7 @@ def test_unknown_training_option_is_a_config_error(key, value):
 def test_mlp_trial_runs_with_non_default_training_options(pbmc_store):
     entry = get_model("mlp")
     space = load_space(entry.space_file)
-    store = Store(pbmc_store)
+    store = open_store(pbmc_store)
     options = {"loss": "weighted_ce", "optimizer": "sgd", "schedule": "step", "step_size": 1, "grad_clip": 1.0}
     context = TrialContext(
         store_path=str(pbmc_store), fingerprint=store.fingerprint, model="mlp",

@@ -87,12 +87,34 @@ def rank_k_accuracy(y_true: np.ndarray, proba: np.ndarray, k: int) -> float:
     return float((top == y_true[:, None]).any(axis=1).mean())
 
 
+# ---- degenerate models: predictions collapsed onto one class (study 001's models did so unnoticed) -----------------
+
+COLLAPSE_KEYS = ("pred_top_share", "pred_top_class", "degenerate")  # reported beside the metrics, never maximised
+COLLAPSE_SHARE = 0.95  # "almost all one class"
+
+
+def prediction_collapse(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict[str, float]:
+    """Share and index of the most predicted class; degenerate = 1.0 when at least COLLAPSE_SHARE of the predictions
+    are that class and the other classes are predicted at most half as often as they occur.
+
+    The second condition keeps a correct model of very imbalanced data (98/2 truth, 98/2 predictions) unflagged
+    while a majority-class collapse (98/2 truth, 100/0 predictions) is flagged.
+    """
+    counts = np.bincount(y_pred, minlength=n_classes)
+    top = int(np.argmax(counts))
+    share = counts[top] / max(1, len(y_pred))
+    true_share = float(np.mean(y_true == top)) if len(y_true) else 0.0
+    degenerate = share >= COLLAPSE_SHARE and (1.0 - share) <= 0.5 * (1.0 - true_share)
+    return {"pred_top_share": float(share), "pred_top_class": float(top), "degenerate": float(degenerate)}
+
+
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
-    """All reported metrics from true labels (n,) and class probabilities (n, classes)."""
+    """All reported metrics from true labels (n,) and class probabilities (n, classes), plus the collapse check
+    (`prediction_collapse`: pred_top_share, pred_top_class, degenerate)."""
     y_true = np.asarray(y_true, dtype=np.int64)
     proba = np.asarray(proba, dtype=np.float64)
     if len(y_true) == 0:
-        return {name: float("nan") for name in METRIC_NAMES}
+        return {name: float("nan") for name in (*METRIC_NAMES, *COLLAPSE_KEYS)}
     n_classes = proba.shape[1]
     y_pred = proba.argmax(axis=1)
     prf = per_class_prf(y_true, y_pred, n_classes)
@@ -108,6 +130,7 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, f
         "macro_auprc": macro_auprc(y_true, proba),
         "rank1_accuracy": rank_k_accuracy(y_true, proba, 1),
         "rank5_accuracy": rank_k_accuracy(y_true, proba, 5),
+        **prediction_collapse(y_true, y_pred, n_classes),
     }
 
 

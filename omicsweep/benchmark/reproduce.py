@@ -72,12 +72,12 @@ def comparable(key: str) -> bool:
 
 def check_store(record: TrialRecord, store_path: str | Path | None = None) -> str:
     """The store to re-run on, refusing one whose fingerprint is not the recorded one."""
-    from omicsweep.datasets.store import Store
+    from omicsweep.datasets.store import open_store
 
     path = store_path or record.store_path
     if not path:
         raise InputError(f"run {record.run_id}: no dataset store path recorded; pass --store STORE.zarr")
-    store = Store(path)
+    store = open_store(path)
     if store.fingerprint != record.fingerprint:
         raise InputError(
             f"{path}: the store changed since run {record.run_id} (fingerprint {store.fingerprint}, recorded "

@@ -336,9 +336,9 @@ def config_json(config: dict[str, Any]) -> str:
 
 def write_dataset_files(store_path: Path, folder: Path) -> None:
     """genes.txt (one name a line, store order) and classes.json: what `predict` needs to align new data."""
-    from omicsweep.datasets.store import Store
+    from omicsweep.datasets.store import open_store
 
-    store = Store(store_path)
+    store = open_store(store_path)
     (folder / "genes.txt").write_text("\n".join(store.genes()) + "\n")
     (folder / "classes.json").write_text(json.dumps(
         {"classes": store.classes, "fingerprint": store.fingerprint, "value_kind": store.provenance.get("value_kind")}

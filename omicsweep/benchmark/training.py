@@ -19,6 +19,7 @@ from torch import nn
 
 from omicsweep.benchmark.metrics import classification_metrics
 from omicsweep.datasets.loader import CellBatches, ExpressionTransform, load_split, training_batches
+from omicsweep.datasets.pair_store import IMAGE_CONFIG_KEYS
 from omicsweep.datasets.resample import RESAMPLE_CONFIG_KEYS, apply_class_weight, check_resample_config, resample_arrays
 from omicsweep.datasets.store import Store
 from omicsweep.errors import ConfigError
@@ -84,6 +85,7 @@ TORCH_CONFIG_KEYS = ("lr", "weight_decay", "batch_size", "max_epochs", "patience
                      "grad_clip", "focal_gamma", "step_size", "ensemble")
 TRIAL_CONFIG_KEYS = ("scaling", "fold")  # read by the trial for any model: the loader's scaling, a k-fold store's fold
 TRIAL_CONFIG_KEYS += RESAMPLE_CONFIG_KEYS  # datasets: class imbalance (resample, resample_target, class_weight)
+TRIAL_CONFIG_KEYS += IMAGE_CONFIG_KEYS  # datasets: a gene-pair task's image (bins, sigma)
 
 
 def config_keys(family: str) -> tuple[str, ...]:

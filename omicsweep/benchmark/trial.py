@@ -35,13 +35,14 @@ def execute_trial(context: TrialContext, sampled: dict[str, Any], report: Callab
 
     from omicsweep.benchmark.training import FITTERS, FitInputs, seed_everything
     from omicsweep.datasets.loader import fit_transform_on_train
-    from omicsweep.datasets.store import Store
+    from omicsweep.datasets.store import open_store
     from omicsweep.models import Task, get_model
 
     torch.set_num_threads(max(1, int(context.threads)))
     seed_everything(context.seed)
     config = trial_config(context, sampled)
-    store = Store(context.store_path, fold=config.get("fold"))  # k-fold stores: config `fold` picks the test fold
+    # k-fold stores: config `fold` picks the test fold; pair-task stores: config `bins`/`sigma` shape the images
+    store = open_store(context.store_path, fold=config.get("fold"), config=config)
     if store.fingerprint != context.fingerprint:
         raise InputError(
             f"{context.store_path}: fingerprint {store.fingerprint} differs from the sweep's {context.fingerprint}"
@@ -50,7 +51,8 @@ def execute_trial(context: TrialContext, sampled: dict[str, Any], report: Callab
     inputs = FitInputs(
         store=store,
         transform=fit_transform_on_train(store, scaling=config.get("scaling", "minmax")),
-        task=Task(n_features=store.n_genes, n_classes=len(store.classes)),
+        task=Task(n_features=store.n_genes, n_classes=len(store.classes), kind=store.task_kind,
+                  input_shape=store.input_shape),
         config=config,
         seed=context.seed,
         metric=context.metric,

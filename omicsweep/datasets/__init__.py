@@ -15,7 +15,7 @@ from omicsweep.datasets.loader import (
 from omicsweep.datasets.preprocess import RECIPES
 from omicsweep.datasets.registered import register_dataset, registered_datasets
 from omicsweep.datasets.resample import RESAMPLES
-from omicsweep.datasets.store import Store
+from omicsweep.datasets.store import Store, open_store
 
 __all__ = [
     "RECIPES",
@@ -33,6 +33,7 @@ __all__ = [
     "ingest_anndata",
     "ingest_file",
     "load_split",
+    "open_store",
     "register_dataset",
     "registered_datasets",
     "resolve_dataset",

@@ -50,14 +50,14 @@ def register_dataset(name: str, store: Path | str, *, overwrite: bool = False) -
     """Record `name` -> the store's absolute path (or its URL), after checking the store opens. Returns it."""
     from omicsweep.datasets.builtin import BUILTIN
     from omicsweep.datasets.remote import canonical_location, is_url
-    from omicsweep.datasets.store import Store
+    from omicsweep.datasets.store import open_store
 
     if not NAME_PATTERN.match(name):
         raise ConfigError(f"dataset name {name!r}: use letters, digits, '.', '_' or '-' (no paths), up to 100 characters")
     if name in BUILTIN:
         raise ConfigError(f"dataset name {name!r} is a built-in dataset; choose another name")
     path = canonical_location(store) if is_url(store) else Path(store).expanduser().resolve()
-    Store(path)  # not a store: InputError naming the path
+    open_store(path)  # not a store: InputError naming the path
     entries = registered_datasets()
     if name in entries and entries[name] != str(path) and not overwrite:
         raise ConfigError(f"dataset {name!r} is already registered to {entries[name]}; pass --overwrite to replace it")

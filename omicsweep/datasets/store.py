@@ -27,6 +27,7 @@ import scipy.sparse as sp
 
 from omicsweep.datasets.splits import fold_to_split
 from omicsweep.errors import ConfigError, InputError
+from omicsweep.tasks import CELL_CLASSIFICATION
 
 LABEL_KEY = "label"
 SPLIT_KEY = "split"
@@ -284,6 +285,17 @@ class Store:
     def n_genes(self) -> int:
         return self.shape[1]
 
+    # what a row is and what is predicted (omicsweep.tasks); the sweep's metric unless --metric says otherwise
+    task_kind = CELL_CLASSIFICATION
+    default_metric = "accuracy"
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.n_genes,)
+
+    def describe(self) -> str:
+        return f"{self.n_cells} cells x {self.n_genes} genes, {len(self.classes)} classes"
+
     def genes(self) -> np.ndarray:
         from anndata.io import read_elem
 
@@ -363,3 +375,14 @@ class Store:
             "fingerprint": self.fingerprint,
             "provenance": self.provenance,
         }
+
+
+def open_store(location, *, fold: int | None = None, config: dict[str, Any] | None = None,
+               storage_options: dict[str, Any] | None = None):
+    """The store at `location`, whatever its task: a cell `Store`, or a gene-pair `PairTaskStore` whose images
+    follow the trial config's `bins` and `sigma`. Both offer what the trial, the fitters and the loader use."""
+    from omicsweep.datasets.pair_store import PairTaskStore, image_options, is_pair_store
+
+    if is_pair_store(location):
+        return PairTaskStore(location, fold=fold, **image_options(config or {}))
+    return Store(location, fold=fold, storage_options=storage_options)

@@ -5,9 +5,19 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from omicsweep.models.base import CELL_CLASSIFICATION, ModelEntry, Task, available_models, get_model, register
+from omicsweep.models.base import (
+    CELL_CLASSIFICATION,
+    GENE_PAIR_IMAGE,
+    ModelEntry,
+    Task,
+    available_models,
+    get_model,
+    models_for_task,
+    register,
+)
 
-__all__ = ["CELL_CLASSIFICATION", "ModelEntry", "Task", "available_models", "get_model", "load_all", "register"]
+__all__ = ["CELL_CLASSIFICATION", "GENE_PAIR_IMAGE", "ModelEntry", "Task", "available_models", "get_model",
+           "load_all", "models_for_task", "register"]
 
 _NOT_MODELS = {"base", "ensemble", "estimator_state"}
 

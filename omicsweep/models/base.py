@@ -11,10 +11,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from omicsweep.errors import UnknownNameError
+from omicsweep.errors import ConfigError, UnknownNameError
+from omicsweep.tasks import CELL_CLASSIFICATION, GENE_PAIR_IMAGE  # noqa: F401 - re-exported
 
 Family = Literal["torch", "estimator"]
-CELL_CLASSIFICATION = "cell_classification"
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,8 @@ class Task:
     n_features: int
     n_classes: int
     kind: str = CELL_CLASSIFICATION
+    # one sample's shape before the loader flattens it to n_features, e.g. (1, bins, bins) for a gene-pair image
+    input_shape: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -71,3 +73,19 @@ def available_models() -> list[str]:
 
     load_all()
     return sorted(_REGISTRY)
+
+def models_for_task(requested: str, kind: str, *, where: str = "the dataset") -> list[ModelEntry]:
+    """The models a sweep runs on a store of task `kind`: 'all' = every model accepting it; otherwise the
+    comma-separated names, each of which must accept it (a ConfigError names the ones that do)."""
+    from omicsweep.models import load_all
+
+    load_all()
+    accepting = [name for name in sorted(_REGISTRY) if kind in _REGISTRY[name].tasks]
+    if requested.strip() == "all":
+        return [_REGISTRY[name] for name in accepting]
+    entries = [get_model(name.strip()) for name in requested.split(",") if name.strip()]
+    for entry in entries:
+        if kind not in entry.tasks:
+            raise ConfigError(f"model {entry.name} does not accept {kind} tasks ({where}); models that do: "
+                              f"{', '.join(accepting) or '(none)'}")
+    return entries

@@ -8,6 +8,7 @@ from sklearn.dummy import DummyClassifier
 
 from omicsweep.models.base import ModelEntry, Task, register
 from omicsweep.models.estimator_state import FittedArraysMixin
+from omicsweep.tasks import TASK_KINDS
 
 
 class Control(FittedArraysMixin, DummyClassifier):
@@ -27,6 +28,7 @@ register(
         build=build_majority,
         description="predicts the most frequent training class (control)",
         role="control",
+        tasks=TASK_KINDS,  # controls ignore the input: every leaderboard shows them
     )
 )
 
@@ -42,5 +44,6 @@ register(
         build=build_random,
         description="random labels drawn with the training class frequencies (control)",
         role="control",
+        tasks=TASK_KINDS,  # controls ignore the input: every leaderboard shows them
     )
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from omicsweep.models.base import ModelEntry, Task, register
+from omicsweep.tasks import CELL_CLASSIFICATION, GENE_PAIR_IMAGE
 
 
 def build(config: dict[str, Any], task: Task):
@@ -27,5 +28,6 @@ register(
         build=build,
         description="logistic regression (scikit-learn), L1 or L2, C searchable",
         role="baseline",
+        tasks=(CELL_CLASSIFICATION, GENE_PAIR_IMAGE),  # pair images as flat pixel vectors
     )
 )

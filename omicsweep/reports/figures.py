@@ -72,12 +72,12 @@ def test_predictions(tracking_uri: str, run, folder: Path) -> Predictions:
 
 def _store(run):
     from omicsweep.benchmark.sweep import STORE_TAG
-    from omicsweep.datasets.store import Store
+    from omicsweep.datasets.store import open_store
 
     path = run.data.tags.get(STORE_TAG)
     if not path or not Path(path).exists():
         return None
-    store = Store(path)
+    store = open_store(path)
     return store if store.fingerprint == run.data.tags.get("omicsweep.fingerprint") else None
 
 

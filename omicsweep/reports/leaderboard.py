@@ -17,7 +17,7 @@ import polars as pl
 
 from omicsweep.benchmark.reruns import RERUN_OF_TAG, RERUN_ROLE
 from omicsweep.reports.tracking import (
-    DATASET_TAG, ERROR_TAG, METRIC_TAG, MODEL_TAG, ROLE_TAG, SEED_TAG, TRIAL_ID_TAG, _client,
+    DATASET_TAG, DEGENERATE_METRIC, ERROR_TAG, METRIC_TAG, MODEL_TAG, ROLE_TAG, SEED_TAG, TRIAL_ID_TAG, _client,
 )
 
 TEST_COLUMNS = (
@@ -37,6 +37,8 @@ SCHEMA = {
     "trials_finished": pl.Int64, "trials_failed": pl.Int64, "errors": pl.String,
     "wall_time_s": pl.Float64, "cpu_s": pl.Float64, "peak_rss_mb": pl.Float64,
     "best_run_id": pl.String, "best_params": pl.String,
+    # the collapse check (benchmark.metrics.prediction_collapse): the best trial's flag, flagged trials of the row
+    "degenerate": pl.Boolean, "test_pred_top_share": pl.Float64, "degenerate_trials": pl.Int64,
 }
 
 
@@ -129,7 +131,19 @@ def _row(dataset: str, model: str, runs: list, reruns: list, sweeps: list) -> di
         "peak_rss_mb": max(peak) if peak else None,
         "best_run_id": best.info.run_id if best else None,
         "best_params": _params_text(best) if best else None,
+        **_collapse(best, finished),
     }, _seed_scores(reruns, "test_accuracy")
+
+
+def _collapse(best, finished: list) -> dict:
+    """The degenerate flag of the best trial and the number of finished trials flagged (runs before the check: None)."""
+    flags = [r.data.metrics[DEGENERATE_METRIC] for r in finished if DEGENERATE_METRIC in r.data.metrics]
+    checked = best is not None and DEGENERATE_METRIC in best.data.metrics
+    return {
+        "degenerate": bool(best.data.metrics[DEGENERATE_METRIC]) if checked else None,
+        "test_pred_top_share": best.data.metrics.get("test_pred_top_share") if best else None,
+        "degenerate_trials": int(sum(f > 0 for f in flags)) if flags else None,
+    }
 
 
 def build_leaderboard(tracking_uri: str) -> pl.DataFrame:
@@ -180,7 +194,8 @@ def write_leaderboard(table: pl.DataFrame, folder: Path) -> tuple[Path, Path]:
     return csv, parquet
 
 
-DISPLAY_COLUMNS = ("model", "role", "val", "acc", "acc seeds", "F1 seeds", "p vs top", "AUROC", "AUPRC", "rank5",
+DISPLAY_COLUMNS = ("model", "role", "val", "acc", "bal acc", "collapsed", "acc seeds", "F1 seeds", "p vs top", "AUROC",
+                   "AUPRC", "rank5",
                    "ok", "failed", "wall s", "CPU s", "peak MB")
 
 
@@ -190,7 +205,7 @@ def display_rows(part: pl.DataFrame) -> list[list[str]]:
     for row in part.iter_rows(named=True):
         rows.append([
             row["model"], row["role"], _fmt(row["best_val"]), _fmt(row["test_accuracy"]),
-            _mean_sd_text(row, "test_accuracy"), _mean_sd_text(row, "test_macro_f1"), _p_text(row["p_vs_top"]),
+            _fmt(row["test_balanced_accuracy"]), _collapsed_text(row), _mean_sd_text(row, "test_accuracy"), _mean_sd_text(row, "test_macro_f1"), _p_text(row["p_vs_top"]),
             _fmt(row["test_macro_auroc"]), _fmt(row["test_macro_auprc"]), _fmt(row["test_rank5_accuracy"]),
             str(row["trials_finished"]), str(row["trials_failed"]), _fmt(row["wall_time_s"], ".0f"),
             _fmt(row["cpu_s"], ".0f"), _fmt(row["peak_rss_mb"], ".0f"),
@@ -215,6 +230,16 @@ def render_leaderboard(table: pl.DataFrame, console) -> None:
         for row in part.iter_rows(named=True):
             for line in (row["errors"] or "").splitlines():
                 console.print(f"  failed {row['model']} {line}", highlight=False, soft_wrap=True)
+            if row["degenerate"]:
+                console.print(f"  DEGENERATE {row['model']}: its best trial predicts one class for "
+                              f"{row['test_pred_top_share']:.1%} of the test samples", highlight=False, soft_wrap=True)
+
+
+def _collapsed_text(row: dict) -> str:
+    """'YES 3/4': the best trial predicts almost one class only, and 3 of 4 finished trials do; '-': not checked."""
+    if row["degenerate"] is None:
+        return "-"
+    return f"{'YES' if row['degenerate'] else 'no'} {row['degenerate_trials'] or 0}/{row['trials_finished']}"
 
 
 def _fmt(value, spec: str = ".3f") -> str:

@@ -24,6 +24,8 @@ PARENT_TAG = "mlflow.parentRunId"
 TRIAL_ID_TAG = "omicsweep.trial_id"
 CODE_TAG = "omicsweep.code_version"
 PACKAGES_TAG = "omicsweep.packages"
+DEGENERATE_TAG = "omicsweep.degenerate"  # "true" when the best checkpoint's test predictions are almost all one class
+DEGENERATE_METRIC = "test_degenerate"  # benchmark.metrics.prediction_collapse, on the test split
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in a CLI's output
@@ -59,6 +61,7 @@ class MlflowRecorder:
         self.experiment_id: str | None = None
         self.trial_runs: dict[str, str] = {}
         self._common_tags: dict[str, str] = {}
+        self._degenerate: dict[str, str] = {}  # run id -> the degenerate tag last set
 
     def _experiment(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)
@@ -102,7 +105,13 @@ class MlflowRecorder:
         return run.info.run_id
 
     def log_result(self, trial_id: str, metrics: dict[str, Any], *, step: int) -> None:
-        self.log_metrics(self.trial_runs[trial_id], metrics, step=step)
+        run_id = self.trial_runs[trial_id]
+        self.log_metrics(run_id, metrics, step=step)
+        if DEGENERATE_METRIC in metrics:  # a tag too, so the MLflow UI and searches show a collapsed model
+            flag = "true" if metrics[DEGENERATE_METRIC] else "false"
+            if self._degenerate.get(run_id) != flag:
+                self.client.set_tag(run_id, DEGENERATE_TAG, flag)
+                self._degenerate[run_id] = flag
 
     def end_trial(self, trial_id: str, *, status: str, error: str | None = None) -> None:
         """Close a trial's run; its metrics were logged epoch by epoch as they arrived."""

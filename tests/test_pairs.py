@@ -1,0 +1,177 @@
+"""Gene-pair tasks: CNNC pair files + mouse expression -> pair-task store -> images -> sweep with controls.
+
+Real data only: CNNC's dendritic-cell pairs and ACTINN's mouse immune cells, gene2vec's GGIPNN pairs with the
+human PBMCs scanpy ships. Images are checked against numpy's histogram2d as CNNC's own script computes them.
+"""
+
+from __future__ import annotations
+
+import lzma
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import CNNC_DENDRITIC, SHARED_DATA, assert_one_line_error
+from omicsweep.datasets import open_store
+from omicsweep.datasets.pair_images import reference_image
+from omicsweep.errors import InputError
+
+
+def _dendritic_rows():
+    return [line.split("\t") for line in lzma.open(CNNC_DENDRITIC, "rt").read().splitlines()]
+
+
+def _actinn_expression(store):
+    """Cells x genes from the store, gene names lower-cased (as CNNC writes its symbols)."""
+    matrix = store.read_rows(0, store.n_cells).toarray()
+    return matrix, {g.lower(): i for i, g in enumerate(store.genes())}
+
+
+def test_images_are_cnnc_histograms_of_the_expression(pair_store, actinn_store):
+    from scipy.ndimage import gaussian_filter
+
+    from omicsweep.datasets import Store
+
+    matrix, column = _actinn_expression(Store(actinn_store))
+    a, b = open_store(pair_store).pair_genes()
+    picks = np.random.default_rng(0).choice(len(a), 8, replace=False)
+    for bins, sigma in ((32, 0.0), (24, 0.0), (16, 1.5)):
+        store = open_store(pair_store, config={"bins": bins, "sigma": sigma})
+        images = store.images()
+        assert images.shape == (store.n_pairs, bins * bins) and store.input_shape == (1, bins, bins)
+        assert store.images() is images  # built once per (bins, sigma) in a process
+        for i in picks:
+            x_a, x_b = matrix[:, column[a[i].lower()]], matrix[:, column[b[i].lower()]]
+            expected = reference_image(x_a, x_b, bins)
+            if sigma:  # smoothing acts on the density H / N before CNNC's log scaling
+                density = 10 ** (expected * 4 - 4) - 1e-4
+                expected = (np.log10(gaussian_filter(density, sigma) + 1e-4) + 4) / 4
+            np.testing.assert_allclose(images[i].reshape(bins, bins), expected, atol=1e-6)
+    assert store.read_rows(0, 5).shape == (5, 16 * 16)
+
+
+def test_ingest_pairs_reports_the_overlap_drops_missing_genes_and_keeps_parts_whole(cli, actinn_store, tmp_path):
+    from omicsweep.datasets import Store
+
+    out = tmp_path / "dendritic.zarr"
+    code, stdout, stderr = cli("ingest-pairs", CNNC_DENDRITIC, "--expression", actinn_store, "--out", out)
+    assert code == 0, stdout + stderr
+    rows = _dendritic_rows()
+    genes = {g.lower() for g in Store(actinn_store).genes()}
+    in_pairs = {g for r in rows for g in r[:2]}
+    kept = [r for r in rows if r[0] in genes and r[1] in genes]
+    assert f"genes: {len(in_pairs & genes)} of {len(in_pairs)} pair genes found in actinn" in stdout
+    assert f"pairs: {len(kept)} of {len(rows)} kept; dropped {len(rows) - len(kept)} with a gene missing" in stdout
+    store = open_store(out)
+    a, b = store.pair_genes()
+    assert [[x.lower(), y.lower()] for x, y in zip(a, b)] == [r[:2] for r in kept]
+    assert store.labels().tolist() == [int(r[2]) for r in kept]
+    # CNNC's three folds: contiguous thirds of the 16 data parts; no part is in two splits of a fold
+    bounds = [int(v) for v in (SHARED_DATA / "cnnc_gene_pairs" / "dendritic_gene_pairs_200_num.txt").read_text().split()]
+    assert store.n_folds == 3 and len(bounds) - 1 == 16
+    parts = store.parts()
+    for fold, test_parts in enumerate((range(0, 6), range(6, 11), range(11, 16))):
+        split_parts = {s: set(parts[store.split_indices(s, fold)].tolist()) for s in ("train", "val", "test")}
+        assert split_parts["test"] == set(test_parts) & set(parts.tolist())
+        assert not split_parts["train"] & split_parts["val"] and not (split_parts["train"] | split_parts["val"]) & split_parts["test"]
+        assert sum(len(store.split_indices(s, fold)) for s in ("train", "val", "test")) == len(kept)
+        assert f"fold {fold}: train {len(store.split_indices('train', fold))}" in stdout
+
+
+def test_gene2vec_pairs_keep_their_given_split(cli, pbmc_store, tmp_path):
+    folder = SHARED_DATA / "gene2vec_ggipnn_pairs"
+    out = tmp_path / "g2v.zarr"
+    code, stdout, stderr = cli("ingest-pairs", folder, "--expression", "pbmc68k", "--out", out)
+    assert code == 0, stdout + stderr
+    store = open_store(out)
+    genes = {g.lower() for g in open_store(pbmc_store).genes()}
+    for split, prefix in (("train", "train"), ("val", "valid"), ("test", "test")):
+        text = folder / f"{prefix}_text.txt"
+        lines = (lzma.open(f"{text}.xz", "rt") if not text.exists() else open(text)).read().splitlines()
+        labels = (folder / f"{prefix}_label.txt").read_text().split()
+        kept = [int(y) for line, y in zip(lines, labels) if all(g.lower() in genes for g in line.split())]
+        assert store.labels()[store.split_indices(split)].tolist() == kept, split
+    assert store.n_folds == 0 and store.classes == ["no_interaction", "interaction"]
+
+
+@pytest.mark.parametrize("case, needles", [
+    ("two_fields", ["bad.txt", "line 2", "geneA<TAB>geneB<TAB>label"]),
+    ("bad_label", ["bad.txt", "line 1", "label '7'"]),
+    ("bad_parts", ["bad_num.txt", "boundaries"]),
+    ("no_parts", ["bad.txt", "bad_num.txt", "--parts"]),
+    ("unknown_genes", ["bad.txt", "none of its 3 pairs", "check the organism"]),
+    ("bad_folds", ["--folds 1"]),
+])
+def test_bad_pair_input_is_one_line_and_writes_nothing(cli, actinn_store, tmp_path, case, needles):
+    rows = {"two_fields": "stat3\ttonsl\t1\nstat3 tonsl\n", "bad_label": "stat3\ttonsl\t7\n",
+            "unknown_genes": "nogene1\tnogene2\t1\nnogene2\tnogene1\t2\nnogene1\tnogene3\t0\n"}
+    source = tmp_path / "bad.txt"
+    source.write_text(rows.get(case, "stat3\ttonsl\t1\ntonsl\tstat3\t2\nstat3\texd1\t0\n"))
+    if case != "no_parts":
+        (tmp_path / "bad_num.txt").write_text("0\n2\n" if case == "bad_parts" else "0\n1\n2\n3\n")
+    out = tmp_path / "out.zarr"
+    extra = ["--folds", "1"] if case == "bad_folds" else []
+    assert_one_line_error(*cli("ingest-pairs", source, "--expression", actinn_store, "--out", out, *extra), *needles)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["bad.txt"] + (["bad_num.txt"] * (case != "no_parts")))
+
+
+def test_a_changed_expression_store_is_refused(actinn_store, tmp_path):
+    from omicsweep.datasets.pairs import PairIngestOptions, ingest_pairs
+
+    moved = tmp_path / "expression.zarr"
+    shutil.copytree(actinn_store, moved)
+    pairs = ingest_pairs(CNNC_DENDRITIC, expression=moved, out=tmp_path / "p.zarr", options=PairIngestOptions(max_pairs=50))
+    shutil.rmtree(moved)
+    with pytest.raises(InputError, match="ingest-pairs` again"):
+        pairs.images()
+
+
+def test_prediction_collapse_flags_a_majority_collapse_not_imbalanced_truth():
+    from omicsweep.benchmark.metrics import prediction_collapse
+
+    truth = np.array([0] * 98 + [1] * 2)
+    assert prediction_collapse(truth, np.zeros(100, dtype=int), 2)["degenerate"] == 1.0
+    assert prediction_collapse(truth, truth, 2) == {"pred_top_share": 0.98, "pred_top_class": 0.0, "degenerate": 0.0}
+    balanced = np.arange(300) % 3
+    assert prediction_collapse(balanced, np.where(np.arange(300) < 290, 2, balanced), 3)["degenerate"] == 1.0
+    assert prediction_collapse(balanced, np.where(np.arange(300) < 200, 2, balanced), 3)["degenerate"] == 0.0
+
+
+def test_sweep_refuses_models_that_do_not_take_pair_images(cli, pair_store):
+    assert_one_line_error(*cli("sweep", "--dataset", pair_store, "--model", "cnnc,knn"),
+                          "model knn does not accept gene_pair_image", "cnnc, logreg, majority, random")
+    assert_one_line_error(*cli("train", "--dataset", pair_store, "--model", "mlp"), "model mlp does not accept")
+    assert_one_line_error(*cli("sweep", "--model", "cnnc"), "model cnnc does not accept cell_classification")
+
+
+def test_all_models_of_a_pair_task_are_cnnc_its_baseline_and_the_controls():
+    from omicsweep.models import GENE_PAIR_IMAGE, models_for_task
+
+    assert [e.name for e in models_for_task("all", GENE_PAIR_IMAGE)] == ["cnnc", "logreg", "majority", "random"]
+    assert "cnnc" not in [e.name for e in models_for_task("all", "cell_classification")]
+
+
+@pytest.mark.slow
+def test_sweep_on_pairs_flags_the_collapsed_control_on_the_leaderboard_and_in_mlflow(cli, ray_session, pair_store, tmp_path):
+    import polars as pl
+    from mlflow import MlflowClient
+
+    from omicsweep.reports.tracking import DEGENERATE_TAG, default_tracking_uri
+
+    out = tmp_path / "run"
+    code, stdout, stderr = cli("sweep", "--dataset", pair_store, "--model", "majority,random", "--seeds", "0",
+                               "--out", out)
+    assert code == 0, stdout + stderr
+    table = pl.read_csv(out / "leaderboard.csv")
+    assert sorted(table["model"]) == ["majority", "random"]
+    assert set(table["metric"]) == {"val_balanced_accuracy"}  # the pair task's default metric
+    rows = {r["model"]: r for r in table.iter_rows(named=True)}
+    assert rows["majority"]["degenerate"] is True and rows["majority"]["test_pred_top_share"] == 1.0
+    assert rows["random"]["degenerate"] is False
+    assert "DEGENERATE majority" in stdout and "YES 1/1" in stdout
+    client = MlflowClient(default_tracking_uri(out))
+    trials = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                filter_string="tags.`omicsweep.role` = 'trial'")
+    flags = {r.data.tags["omicsweep.model"]: r.data.tags.get(DEGENERATE_TAG) for r in trials}
+    assert flags["majority"] == "true" and flags["random"] == "false" and set(flags) == set(rows)
