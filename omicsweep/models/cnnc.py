@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from einops import rearrange
 from torch import nn
 
 from omicsweep.errors import ConfigError
@@ -50,8 +49,7 @@ class CNNC(nn.Module):
                                   nn.Linear(int(dense), n_classes))
 
     def forward(self, x):
-        c, h, w = self.shape
-        return self.head(self.features(rearrange(x, "b (c h w) -> b c h w", c=c, h=h, w=w)))
+        return self.head(self.features(x.unflatten(1, self.shape)))  # [b, c*h*w] -> [b, c, h, w]
 
 
 def build(config: dict[str, Any], task: Task) -> nn.Module:
