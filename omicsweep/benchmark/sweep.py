@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import tempfile
 import time
@@ -17,6 +18,7 @@ from typing import Any, Iterator, Protocol
 
 from ray.tune import Callback
 
+from omicsweep.benchmark.resume import SweepHistory
 from omicsweep.benchmark.space import SearchSpace
 from omicsweep.datasets.remote import canonical_location
 from omicsweep.benchmark.trial import RESOURCE_KEYS, TrialContext, run_trial, trial_config
@@ -36,6 +38,7 @@ class Recorder(Protocol):
     def start_trial(self, trial_id: str, *, params: dict[str, Any], tags: dict[str, str], role: str = "trial") -> str: ...
     def log_result(self, trial_id: str, metrics: dict[str, Any], *, step: int) -> None: ...
     def end_trial(self, trial_id: str, *, status: str, error: str | None = None) -> None: ...
+    def resume_sweep(self, parent_run_id: str) -> list: ...
     def log_artifacts(self, trial_id: str, folder: str, *, artifact_path: str) -> None: ...
 
 
@@ -54,6 +57,13 @@ class SweepRequest:
     cpus_per_trial: float = 1.0
     max_epochs: int | None = None  # overrides the space's default when set
     seeds: int = 3  # seed re-runs of the best configuration after the sweep (0: none)
+    workers_per_trial: int = 1  # Ray Train workers per torch trial (data parallel)
+    gpus_per_trial: float = 0.0  # per trial, or per worker with workers_per_trial > 1
+    deepspeed: dict[str, Any] | None = None  # DeepSpeed settings: torch trials train through Ray Train with them
+    storage: str | None = None  # Ray results and checkpoints (shared path or URL); default run_folder/ray
+    max_failures: int = 0  # retries of a trial that raises or whose process dies, before it counts as FAILED
+    faults: str | None = None  # chaos tests: benchmark/faults.py
+    resume_parent: str | None = None  # the parent run of an interrupted sweep of this model: resume it
 
     @property
     def n_trials(self) -> int:
@@ -110,6 +120,8 @@ class TrackingCallback(Callback):
         self.recorder, self.context, self.progress = recorder, context, progress
         self.dataset_files = dataset_files  # folder with genes.txt and classes.json, logged beside each checkpoint
         self.started: dict[str, float] = {}
+        self.retries: dict[str, int] = {}
+        self.checkpoint_paths: dict[str, str] = {}  # Ray Train trials: rank 0's latest (= best) checkpoint
         self.configs: dict[str, dict[str, Any]] = {}
         self.completed: list[str] = []
         self.last: dict[str, dict[str, Any]] = {}
@@ -121,7 +133,24 @@ class TrackingCallback(Callback):
     def __getstate__(self):
         return {k: v for k, v in self.__dict__.items() if k not in ("recorder", "progress")}
 
+    def restore(self, done: list, metric: str) -> None:
+        """Count the trials of an interrupted sweep that finished or failed before its driver died."""
+        for prior in done:
+            self.configs[prior.trial_id] = prior.config
+            if prior.status == "FAILED":
+                self.failed += 1
+                continue
+            self.finished += 1
+            self.completed.append(prior.trial_id)
+            self.last[prior.trial_id] = dict(prior.metrics)
+            value = prior.metrics.get("best_val")
+            if value is not None and (self.best is None or value > self.best):
+                self.best = float(value)
+
     def on_trial_start(self, iteration, trials, trial, **info):
+        if trial.trial_id in self.started:  # restarted after a failure (--max-failures): same run, same record
+            self.progress.update(self)
+            return
         self.started[trial.trial_id] = time.time()
         config = trial_config(self.context, trial.config)
         self.configs[trial.trial_id] = config
@@ -140,6 +169,8 @@ class TrackingCallback(Callback):
             self.overheads.append(overhead)
             metrics["overhead_s"] = overhead
         self.last[trial.trial_id] = metrics
+        if result.get("checkpoint_path"):  # a Ray Train trial: its checkpoint lives in Train's storage
+            self.checkpoint_paths[trial.trial_id] = str(result["checkpoint_path"])
         self.recorder.log_result(trial.trial_id, metrics, step=int(result.get("training_iteration", 0)))
         value = result.get("best_val")
         if isinstance(value, (int, float)) and (self.best is None or value > self.best):
@@ -165,6 +196,8 @@ class TrackingCallback(Callback):
     def _log_checkpoint(self, trial) -> None:
         """The trial's best checkpoint (the only one kept) and the store's genes/classes as run artifacts."""
         checkpoint = getattr(trial, "checkpoint", None)
+        if checkpoint is None and trial.trial_id in self.checkpoint_paths:
+            checkpoint = _train_checkpoint(self.checkpoint_paths[trial.trial_id], self.context.storage)
         if checkpoint is None:
             return
         folder = checkpoint.path
@@ -174,10 +207,28 @@ class TrackingCallback(Callback):
         if self.dataset_files:
             self.recorder.log_artifacts(trial.trial_id, self.dataset_files, artifact_path=CHECKPOINT_ARTIFACTS)
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        """A failed trial Tune will retry: counted on its run, which stays open for the next attempt."""
+        self.retries[trial.trial_id] = self.retries.get(trial.trial_id, 0) + 1
+        self.recorder.log_result(trial.trial_id, {"retries": self.retries[trial.trial_id]}, step=0)
+        self.progress.update(self)
+
     def on_trial_error(self, iteration, trials, trial, **info):
         self.failed += 1
         self.recorder.end_trial(trial.trial_id, status="FAILED", error=_read_error(trial))
         self.progress.update(self)
+
+
+def _train_checkpoint(path: str, storage: str | None):
+    """A Ray Train checkpoint path as Tune reported it (no scheme for remote storage) as a Checkpoint."""
+    from ray import tune
+
+    if os.path.isdir(path) or not storage or "://" not in storage:
+        return tune.Checkpoint(path)
+    import pyarrow.fs
+
+    filesystem, _ = pyarrow.fs.FileSystem.from_uri(storage)
+    return tune.Checkpoint(path, filesystem=filesystem)
 
 
 def _read_error(trial) -> str:
@@ -199,22 +250,12 @@ class NullProgress:
         pass
 
 
-def run_sweep(request: SweepRequest, recorder: Recorder, *, progress=None) -> SweepOutcome:
-    """Run one (dataset, model) sweep in the current Ray session; returns counts, timing and the best value."""
-    from optuna.samplers import TPESampler
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
+def _trial_context(request: SweepRequest, defaults: dict[str, Any]) -> TrialContext:
+    """What every trial of the sweep shares; distributed strategies apply to torch models only."""
+    from omicsweep.models import get_model
 
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    progress = progress or NullProgress()
-    defaults = dict(request.space.defaults)
-    if request.max_epochs is not None:
-        defaults["max_epochs"] = request.max_epochs
-    context = TrialContext(
+    torch_model = get_model(request.model).family == "torch"
+    return TrialContext(
         store_path=canonical_location(request.store_path),
         fingerprint=request.fingerprint,
         model=request.model,
@@ -222,66 +263,145 @@ def run_sweep(request: SweepRequest, recorder: Recorder, *, progress=None) -> Sw
         seed=request.seed,
         metric=request.metric,
         threads=max(1, int(request.cpus_per_trial)),
+        workers=request.workers_per_trial if torch_model else 1,
+        gpus=request.gpus_per_trial,
+        deepspeed=request.deepspeed if torch_model else None,
+        storage=sweep_storage(request),
+        faults=request.faults,
+        fault_dir=str(Path(request.run_folder).resolve() / "faults"),
     )
-    metric = f"val_{request.metric}"
-    n_trials = request.n_trials
-    dims = request.space.to_tune()
-    search_alg = None
-    if dims:
-        # TPE seeded from the sweep seed; ConcurrencyLimiter keeps proposals in a fixed order per seed
-        search_alg = ConcurrencyLimiter(OptunaSearch(sampler=TPESampler(seed=request.seed)), request.concurrency)
+
+
+def sweep_storage(request: SweepRequest) -> str:
+    return request.storage or str((Path(request.run_folder) / "ray").resolve())
+
+
+def _trainable(request: SweepRequest, context: TrialContext):
+    """run_trial with its Tune resources: a distributed trial asks for almost nothing, its Train workers ask."""
+    from ray import tune
+
+    if context.distributed:
+        resources: dict[str, float] = {"cpu": 0.01}  # Train V2 rejects 0; the workers reserve the real CPUs
+    else:
+        resources = {"cpu": request.cpus_per_trial, **({"gpu": request.gpus_per_trial} if request.gpus_per_trial else {})}
+    return tune.with_resources(tune.with_parameters(run_trial, context=context), resources)
+
+
+def _search_alg(request: SweepRequest, dims: dict[str, Any], history: SweepHistory | None):
+    """TPE seeded from the sweep seed (ConcurrencyLimiter keeps proposals in a fixed order per seed), starting
+    from a resumed sweep's history."""
+    from optuna.samplers import TPESampler
+    from ray.tune.search import ConcurrencyLimiter
+
+    from omicsweep.benchmark.resume import HistoryOptunaSearch, searched_params
+
+    if not dims:
+        return None
+    names, metric = list(dims), f"val_{request.metric}"
+    done = history.done() if history else []
+    past = [(searched_params(t.config, names), t.metrics.get(metric) if t.status == "FINISHED" else None) for t in done]
+    requeue = [searched_params(t.config, names) for t in (history.interrupted() if history else [])]
+    searcher = HistoryOptunaSearch(sampler=TPESampler(seed=request.seed), history=past, requeue=requeue)
+    return ConcurrencyLimiter(searcher, request.concurrency)
+
+
+def _open_sweep(request: SweepRequest, recorder: Recorder, context: TrialContext, name: str) -> SweepHistory | None:
+    """Start the sweep's parent run, or reopen an interrupted one; note it in the run folder's state."""
+    from omicsweep.benchmark.resume import SweepHistory, sweep_key, update_state
+
+    key = sweep_key(request.dataset, request.model)
+    if request.resume_parent:
+        history = SweepHistory(request.resume_parent, recorder.resume_sweep(request.resume_parent))
+        update_state(request.run_folder, key, status="running", resumed=True)
+        return history
+    defaults = context.defaults
+    parent = recorder.start_sweep(
+        dataset=request.dataset,
+        model=request.model,
+        params={"trials": request.n_trials, "concurrency": request.concurrency, "metric": f"val_{request.metric}",
+                "seed": request.seed, "space_file": str(request.space.path), "ray_experiment": name,
+                "workers_per_trial": context.workers, "gpus_per_trial": context.gpus,
+                "deepspeed": _json(context.deepspeed), "max_failures": request.max_failures,
+                **{f"default.{k}": v for k, v in defaults.items()}},
+        tags={
+            "omicsweep.fingerprint": request.fingerprint,
+            STORE_TAG: context.store_path,
+            THREADS_TAG: str(context.threads),
+            "omicsweep.seed": str(request.seed),
+            "omicsweep.metric": f"val_{request.metric}",
+            "omicsweep.code_version": git_commit(),
+            "omicsweep.packages": _json(package_versions()),
+        },
+    )
+    update_state(request.run_folder, key, parent_run_id=parent, status="running")
+    return None
+
+
+def run_sweep(request: SweepRequest, recorder: Recorder, *, progress=None) -> SweepOutcome:
+    """Run one (dataset, model) sweep in the current Ray session; returns counts, timing and the best value."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    import optuna
+
+    from omicsweep.benchmark.resume import sweep_key, update_state
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # a failed trial's traceback is Tune's ERROR log line; its last line is recorded in MLflow and printed by
+    # the leaderboard, so the console is not flooded when many trials fail (--max-failures, --inject-faults)
+    logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
+    progress = progress or NullProgress()
+    defaults = dict(request.space.defaults)
+    if request.max_epochs is not None:
+        defaults["max_epochs"] = request.max_epochs
+    context = _trial_context(request, defaults)
+    metric, dims = f"val_{request.metric}", request.space.to_tune()
     max_t = int(defaults.get("max_epochs", 1))
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max(1, max_t), grace_period=1, reduction_factor=3)
     dataset_files = tempfile.TemporaryDirectory(prefix="omicsweep-dataset-")
     write_dataset_files(request.store_path, Path(dataset_files.name))
     tracker = TrackingCallback(recorder, context, progress, dataset_files=dataset_files.name)
     name = f"{request.dataset}-{request.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-    recorder.start_sweep(
-        dataset=request.dataset,
-        model=request.model,
-        params={"trials": n_trials, "concurrency": request.concurrency, "metric": metric, "seed": request.seed,
-                "space_file": str(request.space.path), "ray_experiment": name, **{f"default.{k}": v for k, v in defaults.items()}},
-        tags={
-            "omicsweep.fingerprint": request.fingerprint,
-            STORE_TAG: context.store_path,
-            THREADS_TAG: str(context.threads),
-            "omicsweep.seed": str(request.seed),
-            "omicsweep.metric": metric,
-            "omicsweep.code_version": git_commit(),
-            "omicsweep.packages": _json(package_versions()),
-        },
-    )
+    history = _open_sweep(request, recorder, context, name)
+    if history is not None:
+        tracker.restore(history.done(), metric)
+    remaining = request.n_trials - (len(history.done()) if history else 0)
     started = time.time()
     status, wall, rerun_wall = "FAILED", None, None
     try:
-        tuner = tune.Tuner(
-            tune.with_resources(tune.with_parameters(run_trial, context=context), {"cpu": request.cpus_per_trial}),
-            param_space=dims,
-            tune_config=tune.TuneConfig(
-                metric=metric, mode="max", search_alg=search_alg, scheduler=scheduler,
-                num_samples=n_trials, max_concurrent_trials=None if search_alg else request.concurrency,
-                reuse_actors=True,  # a finished trial's worker takes the next one: no per-trial process start
-            ),
-            run_config=tune.RunConfig(
-                name=name,
-                storage_path=str((Path(request.run_folder) / "ray").resolve()),
-                callbacks=[tracker],
-                verbose=0,
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                failure_config=tune.FailureConfig(max_failures=0),
-            ),
-        )
-        tuner.fit()
+        if remaining > 0:
+            tune.Tuner(
+                _trainable(request, context),
+                param_space=dims,
+                tune_config=tune.TuneConfig(
+                    metric=metric, mode="max", search_alg=_search_alg(request, dims, history), scheduler=scheduler,
+                    num_samples=remaining, max_concurrent_trials=None if dims else request.concurrency,
+                    # a finished trial's worker takes the next one (no per-trial process start); a distributed
+                    # trial's Tune actor only waits on its Train run, so a fresh one is as cheap and cleaner
+                    reuse_actors=not context.distributed,
+                ),
+                run_config=tune.RunConfig(
+                    name=name + ("-resumed" if history else ""),
+                    storage_path=sweep_storage(request),
+                    callbacks=[tracker],
+                    verbose=0,
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    failure_config=tune.FailureConfig(max_failures=request.max_failures),
+                ),
+            ).fit()
         status = "FINISHED"
         wall = time.time() - started
-        rerun_wall = record_seed_reruns(request, recorder, tracker)
+        rerun_wall = record_seed_reruns(request, recorder, tracker, done=history.reruns_done() if history else set())
     finally:
         dataset_files.cleanup()
         wall = time.time() - started if wall is None else wall
         summary = {"wall_time_s": wall, "trials_finished": tracker.finished, "trials_failed": tracker.failed}
         if rerun_wall is not None:
             summary["rerun_wall_s"] = rerun_wall
+        if history is not None:
+            summary["restored_trials"] = len(history.done())
         recorder.end_sweep(status=status, summary=summary)
+        update_state(request.run_folder, sweep_key(request.dataset, request.model), status=status.lower())
     return SweepOutcome(
         model=request.model, dataset=request.dataset, trials_finished=tracker.finished,
         trials_failed=tracker.failed, wall_time_s=wall, best_value=tracker.best, overheads_s=tracker.overheads,
@@ -294,8 +414,11 @@ def best_trial(tracker: TrackingCallback) -> str | None:
     return max(scored)[1] if scored else None
 
 
-def record_seed_reruns(request: SweepRequest, recorder: Recorder, tracker: TrackingCallback) -> float | None:
-    """Re-run the best configuration with `request.seeds` fresh seeds, each a child run of role 'seed-rerun'."""
+def record_seed_reruns(
+    request: SweepRequest, recorder: Recorder, tracker: TrackingCallback, *, done: set[int] = frozenset()
+) -> float | None:
+    """Re-run the best configuration with `request.seeds` fresh seeds, each a child run of role 'seed-rerun'
+    (seeds in `done` were recorded before a resumed sweep's driver died)."""
     from omicsweep.benchmark.reruns import RERUN_OF_TAG, RERUN_ROLE, rerun_seeds, run_seed_reruns
 
     best = best_trial(tracker)
@@ -303,7 +426,9 @@ def record_seed_reruns(request: SweepRequest, recorder: Recorder, tracker: Track
         return None
     started = time.time()
     config = tracker.configs[best]
-    seeds = rerun_seeds(request.seed, request.seeds)
+    seeds = [seed for seed in rerun_seeds(request.seed, request.seeds) if seed not in done]
+    if not seeds:
+        return None
     for seed, results, error in run_seed_reruns(tracker.context, config, seeds, cpus=request.cpus_per_trial):
         run_key = f"{best}-seed{seed}"
         full = {**config, "seed": seed}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from omicsweep.benchmark.metrics import classification_metrics
+from omicsweep.benchmark.strategies import Strategy
 from omicsweep.datasets.loader import CellBatches, ExpressionTransform, load_split, training_batches
 from omicsweep.datasets.pair_store import IMAGE_CONFIG_KEYS
 from omicsweep.datasets.resample import RESAMPLE_CONFIG_KEYS, apply_class_weight, check_resample_config, resample_arrays
@@ -38,6 +39,7 @@ class FitInputs:
     config: dict[str, Any]
     seed: int
     metric: str  # name in classification_metrics, maximised
+    strategy: Strategy = field(default_factory=Strategy)  # torch: single process, DDP or DeepSpeed (strategies.py)
 
 
 def seed_everything(seed: int) -> None:
@@ -177,12 +179,15 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: dict[str, Any]):
 
 
 @torch.no_grad()
-def predict_torch(model: nn.Module, batches: CellBatches) -> tuple[np.ndarray, np.ndarray, float]:
-    """Class probabilities, labels and mean cross-entropy over a split."""
+def predict_torch(
+    model: nn.Module, batches: CellBatches, strategy: Strategy | None = None
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Class probabilities, labels and mean cross-entropy over a split (on the strategy's device)."""
+    strategy = strategy or Strategy()
     model.eval()
     probas, labels, loss_sum = [], [], 0.0
     for x, y in batches:
-        logits = model(x)
+        logits = model(strategy.to_device(x)).float().cpu()
         loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
         probas.append(torch.softmax(logits, dim=1).numpy())
         labels.append(y.numpy())
@@ -196,18 +201,17 @@ def _eval_batches(inputs: FitInputs, split: str) -> CellBatches:
 
 
 def train_epoch(
-    model: nn.Module, batches, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, *, grad_clip: float = 0.0
+    model: nn.Module, batches, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, *, grad_clip: float = 0.0,
+    strategy: Strategy | None = None,
 ) -> float:
-    """One pass over `batches` of (x, y); returns the mean training loss per cell."""
+    """One pass over `batches` of (x, y); returns the mean training loss per cell (of this rank's shard)."""
+    strategy = strategy or Strategy()
     model.train()
     loss_sum, seen = 0.0, 0
-    for x, y in batches:
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        if grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), max_norm=grad_clip)
-        optimizer.step()
+    for x, y in strategy.lockstep(batches):
+        y = strategy.to_device(y)
+        loss = loss_fn(model(strategy.to_device(x)).float(), y)
+        strategy.step(model, optimizer, loss, grad_clip)
         loss_sum += loss.item() * len(y)
         seen += len(y)
     return loss_sum / max(1, seen)
@@ -231,27 +235,35 @@ def _make_member(entry: ModelEntry, inputs: FitInputs, index: int) -> _Member:
     A module with a `pretrain(train_batches, config)` method (e.g. autoencoder initialisation) gets it called
     here, before the classifier's optimiser exists.
     """
-    cfg, seed = inputs.config, inputs.seed + index
+    cfg, seed, strategy = inputs.config, inputs.seed + index, inputs.strategy
     torch.manual_seed(seed)
     model = entry.build(cfg, inputs.task)
-    # datasets: config `resample` (none/over/under streamed; smote loads the training split in memory)
+    # datasets: config `resample` (none/over/under streamed; smote loads the training split in memory);
+    # this rank's shard: whole chunks when there are enough to go round, else rows of every buffer
+    shard = "chunks" if getattr(inputs.store, "n_chunks", 0) >= 4 * strategy.world_size else "rows"
     batches = training_batches(
         inputs.store, inputs.transform, cfg, batch_size=int(cfg["batch_size"]), seed=seed,
         min_batch=2,  # BatchNorm needs two cells per batch
+        rank=strategy.rank, world_size=strategy.world_size, shard=shard,
     )
     pretrain = getattr(model, "pretrain", None)
     pretrain_loss = pretrain(batches, cfg) if callable(pretrain) else None
+    model = model.to(strategy.device)
     optimizer = make_optimizer(model.parameters(), cfg)
+    model, optimizer = strategy.prepare(model, optimizer, cfg)
     return _Member(model, optimizer, make_scheduler(optimizer, cfg), batches, torch.get_rng_state(), pretrain_loss)
 
 
-def _train_members_one_epoch(members: list[_Member], epoch: int, loss_fn: nn.Module, grad_clip: float) -> float:
+def _train_members_one_epoch(
+    members: list[_Member], epoch: int, loss_fn: nn.Module, grad_clip: float, strategy: Strategy
+) -> float:
     """Each member trains one epoch on its own RNG stream; returns their mean training loss."""
     losses = []
     for member in members:
         torch.set_rng_state(member.rng_state)
         member.batches.set_epoch(epoch)
-        losses.append(train_epoch(member.model, member.batches, member.optimizer, loss_fn, grad_clip=grad_clip))
+        losses.append(train_epoch(member.model, member.batches, member.optimizer, loss_fn, grad_clip=grad_clip,
+                                  strategy=strategy))
         if member.scheduler is not None:
             member.scheduler.step()
         member.rng_state = torch.get_rng_state()
@@ -259,7 +271,7 @@ def _train_members_one_epoch(members: list[_Member], epoch: int, loss_fn: nn.Mod
 
 
 def _best_files(inputs: FitInputs, model: nn.Module, test_y: np.ndarray, test_proba: np.ndarray):
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    state = inputs.strategy.state_dict(model)
     return {
         **_common_files(inputs),
         "model.pt": lambda path: torch.save(state, path),
@@ -273,25 +285,29 @@ def fit_torch(entry: ModelEntry, inputs: FitInputs, report: Report) -> None:
     With config `ensemble` = N > 1, N members (seeds seed + i) train in lockstep, one epoch each per epoch;
     validation, early stopping, test scores and the checkpoint use their averaged probabilities.
     """
-    cfg = inputs.config
+    cfg, strategy = inputs.config, inputs.strategy
     n_members = ensemble_size(cfg)
+    if n_members > 1 and strategy.world_size > 1:
+        raise ConfigError("ensemble > 1 trains its members in one process; use workers_per_trial 1 for ensembles")
     members = [_make_member(entry, inputs, i) for i in range(n_members)]
-    model = members[0].model if n_members == 1 else EnsembleClassifier([m.model for m in members])
+    # training goes through the strategy's wrapper (DDP, DeepSpeed engine); evaluation uses the plain module
+    model = strategy.module(members[0].model) if n_members == 1 else EnsembleClassifier([m.model for m in members])
     loss_fn = make_loss(cfg, n_classes=inputs.task.n_classes, train_labels=_train_labels_if_needed(cfg, inputs.store))
+    loss_fn = loss_fn.to(strategy.device)
     grad_clip = float(cfg.get("grad_clip") or 0.0)
     pretrained = [m.pretrain_loss for m in members if m.pretrain_loss is not None]
     val, test = _eval_batches(inputs, "val"), _eval_batches(inputs, "test")
     best, since_best, best_test = -np.inf, 0, {}
     for epoch in range(1, int(cfg["max_epochs"]) + 1):
         started = time.perf_counter()
-        train_loss = _train_members_one_epoch(members, epoch, loss_fn, grad_clip)
-        val_proba, val_y, val_loss = predict_torch(model, val)
+        train_loss = _train_members_one_epoch(members, epoch, loss_fn, grad_clip, strategy)
+        val_proba, val_y, val_loss = predict_torch(model, val, strategy)
         val_metrics = classification_metrics(val_y, val_proba)
         score = val_metrics[inputs.metric]
         files = None
         if score > best:
             best, since_best = score, 0
-            test_proba, test_y, test_loss = predict_torch(model, test)
+            test_proba, test_y, test_loss = predict_torch(model, test, strategy)
             best_test = {**_prefixed("test", classification_metrics(test_y, test_proba)), "test_loss": test_loss}
             files = _best_files(inputs, model, test_y, test_proba)
         else:

@@ -21,7 +21,10 @@ from omicsweep.datasets.resample import (
 from omicsweep.datasets.store import SPLITS, Store
 from omicsweep.errors import ConfigError
 
-SCALINGS = ("minmax", "zscore", "none")  # trial config key `scaling`; minmax is study 000's
+SCALINGS = ("minmax", "zscore", "none")
+# how CellBatches splits a split across data-parallel ranks: whole chunks (each rank decodes only its own), or
+# rows of every shuffled buffer (every rank decodes all chunks; for splits with fewer chunks than ranks)
+SHARDS = ("chunks", "rows")  # trial config key `scaling`; minmax is study 000's
 
 
 @dataclass
@@ -175,6 +178,7 @@ class CellBatches(IterableDataset):
         output: str = "dense",
         resample: str = "none",
         resample_target: int | None = None,
+        shard: str = "chunks",
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}")
@@ -187,6 +191,9 @@ class CellBatches(IterableDataset):
             raise ValueError("output must be 'dense' (with a transform) or 'csr'")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
+        if shard not in SHARDS:
+            raise ValueError(f"shard must be one of {SHARDS}, not {shard!r}")
+        self.shard = shard
         self.store = store
         self.split = split
         self.batch_size = int(batch_size)
@@ -224,7 +231,12 @@ class CellBatches(IterableDataset):
             order = rng.permutation(order)  # same permutation on every rank and worker: shards stay disjoint
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        if self.shard == "rows":  # every rank reads the same chunks; _read_buffer keeps its rows of each buffer
+            return order[worker::workers]
         return order[self.rank * workers + worker :: self.world_size * workers]
+
+    def _rows_of_rank(self) -> slice:
+        return slice(self.rank, None, self.world_size) if self.shard == "rows" else slice(None)
 
     def _read_chunk(self, chunk: int, repeats: np.ndarray | None = None) -> tuple[sp.csr_matrix, np.ndarray]:
         start, stop = self.store.chunk_bounds(chunk)
@@ -246,10 +258,13 @@ class CellBatches(IterableDataset):
         if repeats is not None:
             counts = np.concatenate([repeats[c][repeats[c] > 0] for c in chunks])
             take = np.repeat(np.arange(len(y)), counts)
-            return x, y, rng.permutation(take) if self.shuffle else take
+            take = rng.permutation(take) if self.shuffle else take
+            return x, y, take[self._rows_of_rank()]
         if self.shuffle:
-            perm = rng.permutation(len(y))
+            perm = rng.permutation(len(y))[self._rows_of_rank()]  # same permutation on every rank
             x, y = x[perm], y[perm]
+        elif self.shard == "rows":
+            x, y = x[self._rows_of_rank()], y[self._rows_of_rank()]
         return x, y, None
 
     def _buffers(self, order: np.ndarray, repeats: list[np.ndarray] | None = None):
@@ -323,20 +338,25 @@ class ArrayBatches:
 
 def training_batches(
     store: Store, transform: ExpressionTransform, config: dict, *, batch_size: int, seed: int, min_batch: int = 1,
+    rank: int = 0, world_size: int = 1, shard: str = "chunks",
 ) -> CellBatches | ArrayBatches:
     """The training split's shuffled batches as config `resample` asks (see `omicsweep.datasets.resample`).
 
     none / over / under: streamed (`CellBatches`, memory of one shuffle buffer). smote: the whole training split
     is loaded in memory (dense, transformed), SMOTE-resampled and iterated as `ArrayBatches`: SMOTE needs every
     cell of a class to find its neighbours, so use it on splits that fit in memory.
+    rank / world_size: this data-parallel worker's disjoint shard (streamed: by chunk; smote: every world_size-th
+    resampled row, drawn identically on every rank).
     """
     method = resample_option(config)
     if method == "smote":
         x, y = smote_resample(*load_split(store, "train", transform), seed=seed)
+        x, y = x[rank::world_size], y[rank::world_size]
         return ArrayBatches(x, y, batch_size=batch_size, seed=seed, min_batch=min_batch)
     return CellBatches(
         store, "train", batch_size=batch_size, transform=transform, shuffle=True, seed=seed, min_batch=min_batch,
-        resample=method, resample_target=resample_target(config),
+        resample=method, resample_target=resample_target(config), rank=rank, world_size=world_size,
+        shard=shard,
     )
 
 

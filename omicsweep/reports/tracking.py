@@ -83,6 +83,50 @@ class MlflowRecorder:
         self._log_params(self.parent_id, params)
         return self.parent_id
 
+    def resume_sweep(self, parent_run_id: str, *, tags: dict[str, str] | None = None):
+        """Reopen a sweep's parent run after its driver died; returns its child runs as `PriorTrial`s.
+
+        Interrupted children (still RUNNING: their driver never closed them) are deleted, so the trials that
+        re-run them are not tracked twice; the others become this recorder's runs again.
+        """
+        from mlflow.entities import RunStatus
+
+        from omicsweep.benchmark.resume import PriorTrial
+        from omicsweep.benchmark.sweep import CONFIG_TAG
+        from omicsweep.errors import InputError
+
+        parent = get_run(self.tracking_uri, parent_run_id)
+        if parent.data.tags.get(ROLE_TAG) != "sweep":
+            raise InputError(f"run {parent_run_id}: not a sweep's parent run")
+        self.parent_id, self.experiment_id = parent_run_id, parent.info.experiment_id
+        keep = (DATASET_TAG, MODEL_TAG)
+        self._common_tags = {k: v for k, v in parent.data.tags.items() if k in keep or k in (tags or {})}
+        self._common_tags.update(tags or {})
+        self.client.update_run(parent_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        priors = []
+        for child in self._children(parent_run_id):
+            trial_id, status = child.data.tags.get(TRIAL_ID_TAG, child.info.run_name), child.info.status
+            config = json.loads(child.data.tags.get(CONFIG_TAG, "{}"))
+            priors.append(PriorTrial(trial_id=trial_id, role=child.data.tags.get(ROLE_TAG, "trial"), status=status,
+                                     config=config, metrics=dict(child.data.metrics)))
+            if status in ("FINISHED", "FAILED"):
+                self.trial_runs[trial_id] = child.info.run_id
+            else:
+                self.client.delete_run(child.info.run_id)
+        return priors
+
+    def _children(self, parent_run_id: str) -> list:
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs(
+                [self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+                max_results=1000, page_token=token,
+            )
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
     def end_sweep(self, *, status: str, summary: dict[str, float]) -> None:
         if self.parent_id is None:
             return

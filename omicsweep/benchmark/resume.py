@@ -1,0 +1,137 @@
+"""Resuming a sweep whose driver died (SIGINT, SIGTERM or SIGKILL): `omicsweep sweep --resume RUN_FOLDER`.
+
+The tracking store is the record of what happened, written by the driver as it happened; a killed driver
+leaves finished and failed trials closed and the interrupted ones RUNNING. Resuming reads it back (through the
+recorder, so this module knows no MLflow) and then:
+- finished and failed trials are not re-run; they count towards the requested number of trials, stay the
+  sweep's child runs, and their results are fed to a fresh Optuna study (`HistoryOptunaSearch`), so TPE
+  proposes from the whole history (Tune's own restore can lose the searcher's state: ray #30861);
+- interrupted trials' runs are deleted and their configurations queued to run first, so none is lost and
+  none is tracked twice;
+- seed re-runs already recorded are kept; the missing ones run.
+The run folder holds what the driver needs besides: `sweep.json` (the command's options, to run it again)
+and `sweep-state.json` (each model's parent run and whether its sweep finished), both written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ray.tune.search.optuna import OptunaSearch
+
+from omicsweep.errors import InputError
+
+OPTIONS_FILE = "sweep.json"
+STATE_FILE = "sweep-state.json"
+
+
+@dataclass
+class PriorTrial:
+    """A trial (or seed re-run) the tracking store holds from before the driver died."""
+
+    trial_id: str
+    role: str  # 'trial' or 'seed-rerun'
+    status: str  # FINISHED, FAILED, or RUNNING (interrupted: its run has been deleted)
+    config: dict[str, Any]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class SweepHistory:
+    """What a resumed model sweep starts from."""
+
+    parent_run_id: str
+    trials: list[PriorTrial] = field(default_factory=list)
+
+    def done(self) -> list[PriorTrial]:
+        return [t for t in self.trials if t.role == "trial" and t.status in ("FINISHED", "FAILED")]
+
+    def interrupted(self) -> list[PriorTrial]:
+        return [t for t in self.trials if t.role == "trial" and t.status not in ("FINISHED", "FAILED")]
+
+    def reruns_done(self) -> set[int]:
+        return {int(t.config.get("seed", -1)) for t in self.trials if t.role == "seed-rerun" and t.status == "FINISHED"}
+
+
+class HistoryOptunaSearch(OptunaSearch):
+    """OptunaSearch whose study starts with earlier trials: finished ones with their last reported value (as
+    Tune's OptunaSearch records a trial that completes, ASHA-stopped ones included), failed ones as FAIL;
+    interrupted configurations are enqueued so they are proposed first."""
+
+    def __init__(self, *args, history: list[tuple[dict[str, Any], float | None]] = (),
+                 requeue: list[dict[str, Any]] = (), **kwargs) -> None:
+        self._history, self._requeue = list(history), list(requeue)
+        super().__init__(*args, **kwargs)
+
+    def _setup_study(self, mode):
+        super()._setup_study(mode)
+        for params, value in self._history:
+            self.add_evaluated_point(params, 0.0 if value is None else value, error=value is None)
+        for params in self._requeue:
+            self._ot_study.enqueue_trial(params)
+
+    @property
+    def restored_trials(self) -> int:
+        return len(self._ot_study.trials) if getattr(self, "_ot_study", None) is not None else len(self._history)
+
+
+def searched_params(config: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    return {name: config[name] for name in names if name in config}
+
+
+# ---- run-folder files ------------------------------------------------------------------------------------------
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(value, fh, indent=1, sort_keys=True, default=str)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: no {what} here; is this a run folder written by `omicsweep sweep`?") from None
+    except ValueError as exc:
+        raise InputError(f"{path}: {what} is not valid JSON ({exc})") from None
+
+
+def save_options(run_folder: Path, options: dict[str, Any]) -> None:
+    write_json_atomic(Path(run_folder) / OPTIONS_FILE, options)
+
+
+def load_options(run_folder: Path) -> dict[str, Any]:
+    options = read_json(Path(run_folder) / OPTIONS_FILE, "sweep options (sweep.json)")
+    if not isinstance(options, dict) or "model" not in options:
+        raise InputError(f"{Path(run_folder) / OPTIONS_FILE}: not the options of a sweep")
+    return options
+
+
+def sweep_key(dataset: str, model: str) -> str:
+    return f"{dataset}/{model}"
+
+
+def load_state(run_folder: Path) -> dict[str, dict[str, Any]]:
+    path = Path(run_folder) / STATE_FILE
+    return read_json(path, "sweep state") if path.exists() else {}
+
+
+def update_state(run_folder: Path, key: str, **fields: Any) -> None:
+    """Merge `fields` into the run folder's state of sweep `key` (one driver writes it at a time)."""
+    state = load_state(run_folder)
+    state[key] = {**state.get(key, {}), **fields}
+    write_json_atomic(Path(run_folder) / STATE_FILE, state)

@@ -1,0 +1,196 @@
+"""How a torch trial trains its model: one process, data-parallel workers (DDP), or DeepSpeed.
+
+The shared loop (`training.fit_torch`) is one code path for all three; it asks its strategy for the device,
+the rank and world size that pick its shard of the training split, to wrap the model and optimiser, to take
+one optimisation step, and for the weights to checkpoint. Ray Train (benchmark/distributed.py) sets up the
+process group; this module only uses it, so it imports no Ray.
+
+Every rank evaluates the whole validation and test splits: parameters are identical across ranks after each
+synchronised step, so all ranks take the same early-stopping decision, and ZeRO-3's collective forward passes
+stay in step. Only the chief (rank 0) writes checkpoint files.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import torch
+from torch import nn
+
+from omicsweep.errors import ConfigError
+
+
+
+@dataclass
+class Strategy:
+    """One process, all of the training split (the default, and `omicsweep reproduce`)."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_chief(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def to_device(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return x.to(self.compute_dtype) if x.is_floating_point() else x
+
+    def lockstep(self, batches: Iterable) -> Iterator:
+        """The training batches; several ranks stop together when the first runs out (shards differ by a batch),
+        since a rank left waiting in a collective would hang."""
+        if self.world_size == 1:
+            yield from batches
+            return
+        import torch.distributed as dist
+
+        iterator = iter(batches)
+        while True:
+            item = next(iterator, None)
+            have = torch.tensor([0 if item is None else 1], device=self.device)
+            dist.all_reduce(have, op=dist.ReduceOp.MIN)
+            if int(have.item()) == 0:
+                return
+            yield item
+
+    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, config: dict[str, Any]):
+        """(model, optimizer) ready to train; the optimizer is built by the loop from the model's parameters."""
+        return model.to(self.device), optimizer
+
+    def step(self, model, optimizer, loss: torch.Tensor, grad_clip: float) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), max_norm=grad_clip)
+        optimizer.step()
+
+    def module(self, model) -> nn.Module:
+        """The plain nn.Module inside whatever `prepare` wrapped it in."""
+        return model
+
+    def state_dict(self, model) -> dict[str, torch.Tensor]:
+        """float32 CPU weights of the plain module (what `build_torch_model` loads); called on every rank."""
+        return {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).clone()
+                for k, v in self.module(model).state_dict().items()}
+
+
+@dataclass
+class DataParallel(Strategy):
+    """torch DistributedDataParallel over the process group Ray Train started (gloo on CPU, nccl on GPU)."""
+
+    def prepare(self, model, optimizer, config):
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = model.to(self.device)
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids), optimizer
+
+    def module(self, model) -> nn.Module:
+        from torch.nn.parallel import DistributedDataParallel
+
+        return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+@dataclass
+class DeepSpeed(Strategy):
+    """DeepSpeed's engine (ZeRO stage 0-3, bf16/fp16, gradient accumulation) from a JSON config's settings.
+
+    The trial's batch_size is the per-worker micro-batch; train_batch_size follows from it, the config's
+    gradient_accumulation_steps and the world size. The optimiser is the loop's torch optimiser unless the
+    config file names its own (DeepSpeed's fused CPU Adam costs a C++ build on first use).
+    """
+
+    settings: dict[str, Any] = field(default_factory=dict)  # read by `load_deepspeed_config` on the driver
+
+    def ds_config(self, config: dict[str, Any]) -> dict[str, Any]:
+        ds = json.loads(json.dumps(self.settings))  # a copy: the trial fills in its batch sizes
+        micro = int(config["batch_size"])
+        accumulation = int(ds.get("gradient_accumulation_steps", 1))
+        ds.update(train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=accumulation,
+                  train_batch_size=micro * accumulation * self.world_size)
+        clip = float(config.get("grad_clip") or 0.0)
+        if clip > 0:
+            ds["gradient_clipping"] = clip
+        ds.setdefault("steps_per_print", 10**9)  # DeepSpeed's own progress lines would flood the worker logs
+        return ds
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        ds = getattr(self, "_ds", {})
+        if ds.get("bf16", {}).get("enabled"):
+            return torch.bfloat16
+        if ds.get("fp16", {}).get("enabled"):
+            return torch.float16
+        return torch.float32
+
+    def prepare(self, model, optimizer, config):
+        import deepspeed
+
+        self._ds = self.ds_config(config)
+        model = model.to(self.device)
+        use_own = "optimizer" in self._ds
+        engine, ds_optimizer, _, _ = deepspeed.initialize(
+            model=model, optimizer=None if use_own else optimizer, config=self._ds,
+            model_parameters=model.parameters() if use_own else None, dist_init_required=False,
+        )
+        return engine, ds_optimizer
+
+    def step(self, model, optimizer, loss, grad_clip) -> None:
+        model.backward(loss)  # the engine scales the loss by the accumulation steps and for fp16
+        model.step()          # steps the optimiser at accumulation boundaries, zeroing the gradients
+
+    def module(self, model) -> nn.Module:
+        from deepspeed import DeepSpeedEngine
+
+        return model.module if isinstance(model, DeepSpeedEngine) else model
+
+    def state_dict(self, model) -> dict[str, torch.Tensor]:
+        if int(self._ds.get("zero_optimization", {}).get("stage", 0)) == 3:
+            import deepspeed
+
+            params = list(self.module(model).parameters())
+            with deepspeed.zero.GatheredParameters(params, modifier_rank=None):  # collective: every rank calls it
+                return super().state_dict(model)
+        return super().state_dict(model)
+
+
+def load_deepspeed_config(path: str) -> dict[str, Any]:
+    """The DeepSpeed JSON config at `path`, checked enough to fail before any worker starts."""
+    file = Path(path)
+    try:
+        ds = json.loads(file.read_text())
+    except OSError as exc:
+        raise ConfigError(f"--deepspeed {path}: cannot read it ({exc.strerror})") from None
+    except ValueError as exc:
+        raise ConfigError(f"--deepspeed {path}: not valid JSON ({exc})") from None
+    if not isinstance(ds, dict):
+        raise ConfigError(f"--deepspeed {path}: expected a JSON object of DeepSpeed settings")
+    stage = ds.get("zero_optimization", {}).get("stage", 0)
+    if stage not in (0, 1, 2, 3):
+        raise ConfigError(f"--deepspeed {path}: zero_optimization.stage {stage!r} must be 0, 1, 2 or 3")
+    if ds.get("bf16", {}).get("enabled") and ds.get("fp16", {}).get("enabled"):
+        raise ConfigError(f"--deepspeed {path}: enable bf16 or fp16, not both")
+    steps = ds.get("gradient_accumulation_steps", 1)
+    if not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"--deepspeed {path}: gradient_accumulation_steps must be a positive integer")
+    return ds
+
+
+def make_strategy(
+    *, workers: int, rank: int = 0, deepspeed: dict[str, Any] | None = None, device: torch.device | None = None
+) -> Strategy:
+    """The strategy for a trial: DeepSpeed when it has settings, DDP for several workers, else single."""
+    device = device or torch.device("cpu")
+    if deepspeed is not None:
+        return DeepSpeed(rank=rank, world_size=workers, device=device, settings=deepspeed)
+    if workers > 1:
+        return DataParallel(rank=rank, world_size=workers, device=device)
+    return Strategy(device=device)
