@@ -335,10 +335,14 @@ def sweep(
     ensemble: Optional[int] = typer.Option(
         None, min=1, help="members per torch model trial (seeds seed..seed+N-1, probabilities averaged; one row)",
     ),
+    set_: list[str] = typer.Option(
+        [], "--set", help="KEY=VALUE fixed for the sweep, out of the search (repeatable; applies to the models that "
+        "know KEY), e.g. --set graph=../shared/data/string_v12_human_ppi",
+    ),
 ) -> None:
     """Sweep models over a dataset with Ray Tune + Optuna (TPE) + ASHA, tracked in MLflow; print the leaderboard."""
     from omicsweep.benchmark.metrics import METRIC_NAMES
-    from omicsweep.benchmark.space import load_space, with_fixed
+    from omicsweep.benchmark.space import load_space, sweep_settings, with_fixed
     from omicsweep.benchmark.sweep import SweepRequest, ray_session, run_sweep
     from omicsweep.datasets import open_store, resolve_dataset
     from omicsweep.models import models_for_task
@@ -358,6 +362,9 @@ def sweep(
     metric = metric or store.default_metric
     if metric not in METRIC_NAMES:
         raise ConfigError(f"--metric {metric!r}: expected one of {', '.join(METRIC_NAMES)}")
+    spaces, notes = sweep_settings(entries, spaces, set_, store)  # --set values; files configs name, checked + pinned
+    for note in notes:
+        err_console.print(note, highlight=False, markup=False, soft_wrap=True)
 
     out.mkdir(parents=True, exist_ok=True)
     uri = tracking_uri or default_tracking_uri(out)
@@ -426,11 +433,11 @@ def train(
     It is a sweep with nothing to search: one MLflow parent run with one child, one leaderboard row.
     """
     from omicsweep.benchmark.metrics import METRIC_NAMES
-    from omicsweep.benchmark.space import fixed_space, load_space, parse_overrides
+    from omicsweep.benchmark.space import fixed_space, load_space, parse_overrides, prepared_spaces, store_task
     from omicsweep.benchmark.sweep import SweepRequest, ray_session, run_sweep
     from omicsweep.benchmark.training import check_config, config_keys
     from omicsweep.datasets import open_store, resolve_dataset
-    from omicsweep.models import Task, get_model, models_for_task
+    from omicsweep.models import get_model, models_for_task
     from omicsweep.reports.leaderboard import build_leaderboard, render_leaderboard, write_leaderboard
     from omicsweep.reports.tracking import MlflowRecorder, default_tracking_uri
 
@@ -448,10 +455,12 @@ def train(
     metric = metric or store.default_metric
     if metric not in METRIC_NAMES:
         raise ConfigError(f"--metric {metric!r}: expected one of {', '.join(METRIC_NAMES)}")
-    run_space = fixed_space(base, overrides)
-    task = Task(n_features=store.n_genes, n_classes=len(store.classes), kind=store.task_kind,
-                input_shape=store.input_shape)
-    check_config(entry, {**run_space.defaults, "seed": seed}, task)
+    # files the config names (a gene graph) are checked against the store and pinned; models see its genes
+    spaces, notes = prepared_spaces([entry], {entry.name: fixed_space(base, overrides)}, store)
+    run_space = spaces[entry.name]
+    for note in notes:
+        err_console.print(note, highlight=False, markup=False, soft_wrap=True)
+    check_config(entry, {**run_space.defaults, "seed": seed}, store_task(store))
 
     out.mkdir(parents=True, exist_ok=True)
     uri = tracking_uri or default_tracking_uri(out)

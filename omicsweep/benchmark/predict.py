@@ -90,7 +90,7 @@ def load_trained_model(folder: Path, model: str) -> TrainedModel:
         transform = ExpressionTransform.from_arrays(arrays)
     entry = get_model(model)
     config = dict(trial.get("config", {}))
-    task = Task(n_features=len(genes), n_classes=len(classes))
+    task = Task(n_features=len(genes), n_classes=len(classes), genes=tuple(genes))  # as the trial built it
     if entry.family == "torch":
         from omicsweep.models.ensemble import build_torch_model  # an `ensemble` config holds several members
 

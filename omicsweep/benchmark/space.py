@@ -194,3 +194,52 @@ def parse_overrides(pairs: list[str], space: SearchSpace, *, shared_keys: tuple[
             raise ConfigError(f"{where}: --set {key}: unknown key; known: {', '.join(sorted(known))}")
         overrides[key] = _checked_value(key, parse_value(text.strip()), space, where)
     return overrides
+
+
+# ---- fixed settings of a sweep or train run: --set values and the files a configuration names ----------------
+
+
+def store_task(store):
+    """The task a trial will build its model for on `store` (trial.py builds the same)."""
+    from omicsweep.models import Task
+
+    return Task(n_features=store.n_genes, n_classes=len(store.classes), genes=tuple(map(str, store.genes())),
+                kind=store.task_kind, input_shape=store.input_shape)
+
+
+def sweep_settings(entries, spaces: dict[str, SearchSpace], pairs: list[str], store) -> tuple[dict[str, SearchSpace], list[str]]:
+    """`sweep --set KEY=VALUE` and each model's `prepare`, before any trial; returns (spaces, notes for the user).
+
+    A --set key applies to the models of the sweep that know it (and must be known to one); its value leaves
+    the search. Then each model's `prepare` checks the files its configuration names against the store and
+    pins them into the defaults (e.g. a gene graph's absolute path and content hash).
+    """
+    from omicsweep.benchmark.training import config_keys
+
+    spaces = dict(spaces)
+    for pair in pairs:
+        key = pair.partition("=")[0].strip()
+        knowing = [e for e in entries if key in _known_keys(spaces[e.name], config_keys(e.family))]
+        if not knowing and "=" in pair and key:
+            known = set().union(*(_known_keys(spaces[e.name], config_keys(e.family)) for e in entries))
+            raise ConfigError(f"--set {key}: no model of this sweep ({', '.join(e.name for e in entries)}) has that "
+                              f"key; known: {', '.join(sorted(known))}")
+        for entry in knowing or entries[:1]:  # no '=': parse_overrides names the problem
+            overrides = parse_overrides([pair], spaces[entry.name], shared_keys=config_keys(entry.family))
+            spaces[entry.name] = with_fixed(spaces[entry.name], overrides)
+    return prepared_spaces(entries, spaces, store)
+
+
+def prepared_spaces(entries, spaces: dict[str, SearchSpace], store) -> tuple[dict[str, SearchSpace], list[str]]:
+    """Each model's `prepare` on its defaults (see ModelEntry.prepare); its additions become fixed defaults."""
+    task, notes = store_task(store), []
+    spaces = dict(spaces)
+    for entry in entries:
+        additions, lines = entry.prepared(dict(spaces[entry.name].defaults), task)
+        spaces[entry.name] = with_fixed(spaces[entry.name], additions)
+        notes += lines
+    return spaces, notes
+
+
+def _known_keys(space: SearchSpace, shared_keys: tuple[str, ...]) -> set[str]:
+    return {*space.defaults, *(d.name for d in space.dimensions), *space.tiny, *shared_keys}

@@ -51,8 +51,9 @@ def execute_trial(context: TrialContext, sampled: dict[str, Any], report: Callab
     inputs = FitInputs(
         store=store,
         transform=fit_transform_on_train(store, scaling=config.get("scaling", "minmax")),
-        task=Task(n_features=store.n_genes, n_classes=len(store.classes), kind=store.task_kind,
-                  input_shape=store.input_shape),
+        # gene names too: a model may align prior knowledge (a gene graph) to the store's genes
+        task=Task(n_features=store.n_genes, n_classes=len(store.classes), genes=tuple(map(str, store.genes())),
+                  kind=store.task_kind, input_shape=store.input_shape),
         config=config,
         seed=context.seed,
         metric=context.metric,

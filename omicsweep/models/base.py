@@ -24,6 +24,8 @@ class Task:
     n_features: int
     n_classes: int
     kind: str = CELL_CLASSIFICATION
+    # the store's gene names in feature order (empty when unknown), so a model can align prior knowledge to them
+    genes: tuple[str, ...] = field(default=(), repr=False)
     # one sample's shape before the loader flattens it to n_features, e.g. (1, bins, bins) for a gene-pair image
     input_shape: tuple[int, ...] = ()
 
@@ -43,6 +45,14 @@ class ModelEntry:
     description: str
     role: Literal["model", "baseline", "control"] = "model"
     tasks: tuple[str, ...] = field(default=(CELL_CLASSIFICATION,))
+    # optional: prepare(config, task) -> (config additions, notes), run once before a sweep or train: checks
+    # files the config names against the dataset (e.g. a gene graph) and pins them (path, content hash) into
+    # the configuration, so the run record holds them; notes are lines for the user (e.g. graph coverage)
+    prepare: Callable[[dict[str, Any], Task], tuple[dict[str, Any], list[str]]] | None = None
+
+    def prepared(self, config: dict[str, Any], task: Task) -> tuple[dict[str, Any], list[str]]:
+        """(config additions, notes) from `prepare`, or nothing to add for a model without one."""
+        return self.prepare(config, task) if self.prepare is not None else ({}, [])
 
     @property
     def space_file(self) -> Path:
@@ -73,6 +83,7 @@ def available_models() -> list[str]:
 
     load_all()
     return sorted(_REGISTRY)
+
 
 def models_for_task(requested: str, kind: str, *, where: str = "the dataset") -> list[ModelEntry]:
     """The models a sweep runs on a store of task `kind`: 'all' = every model accepting it; otherwise the
