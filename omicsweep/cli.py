@@ -339,9 +339,64 @@ def sweep(
         [], "--set", help="KEY=VALUE fixed for the sweep, out of the search (repeatable; applies to the models that "
         "know KEY), e.g. --set graph=../shared/data/string_v12_human_ppi",
     ),
+    workers_per_trial: int = typer.Option(
+        1, min=1, help="Ray Train workers per torch trial (data parallel, each streams its own shard of the store)",
+    ),
+    gpus_per_trial: float = typer.Option(0.0, min=0.0, help="GPUs per trial, or per worker (fractions allowed)"),
+    storage: Optional[str] = typer.Option(
+        None, help="Ray results and checkpoints: a path shared by all nodes or an s3:// URL (default: run folder)",
+    ),
+    deepspeed: Optional[Path] = typer.Option(
+        None, help="DeepSpeed JSON config (ZeRO stage, bf16/fp16, gradient_accumulation_steps): torch trials train "
+        "with DeepSpeed in Ray Train workers",
+    ),
+    max_failures: int = typer.Option(0, min=0, help="retries of a trial that raises or dies before it counts as FAILED"),
+    resume: Optional[Path] = typer.Option(
+        None, help="run folder of an interrupted sweep: finish it with its own options (finished trials are kept)",
+    ),
+    inject_faults: Optional[str] = typer.Option(
+        None, help="chaos testing: KIND:RATE[:once], KIND raise or kill, e.g. raise:0.3 fails ~30% of trials",
+    ),
 ) -> None:
     """Sweep models over a dataset with Ray Tune + Optuna (TPE) + ASHA, tracked in MLflow; print the leaderboard."""
+    options = {k: v for k, v in locals().items()}
+    if resume is not None:
+        options = _resumed_options(resume, address=address)
+    _run_sweeps(options, resuming=resume is not None)
+
+
+def _local_cpus(options: dict) -> int:
+    """CPUs of a local Ray session. A distributed trial's Tune actor holds 0.01 CPU beside its Train workers, so
+    one spare CPU lets N workers x 1 CPU fill an N-core machine instead of waiting forever for 0.01 CPU."""
+    cpus = os.cpu_count() or 1
+    distributed = options.get("workers_per_trial", 1) > 1 or options.get("deepspeed")
+    need = options.get("workers_per_trial", 1) * options.get("cpus_per_trial", 1.0)
+    if distributed and need > cpus and not options.get("address"):
+        raise ConfigError(f"--workers-per-trial {options['workers_per_trial']} x --cpus-per-trial "
+                          f"{options['cpus_per_trial']} needs {need:g} CPUs; this machine has {cpus}")
+    return cpus + 1 if distributed else cpus
+
+
+def _resumed_options(folder: Path, *, address: Optional[str]) -> dict:
+    """The options an interrupted sweep in `folder` was started with (a new --address may replace its own)."""
+    from omicsweep.benchmark.resume import load_options
+
+    options = load_options(folder)
+    for key in ("space", "out", "deepspeed"):
+        if options.get(key) is not None:
+            options[key] = Path(options[key])
+    options["out"] = folder
+    if address:
+        options["address"] = address
+    return options
+
+
+def _run_sweeps(options: dict, *, resuming: bool) -> None:
+    """The body of `omicsweep sweep`: validate, then sweep each model in turn (skipping finished ones on resume)."""
+    from omicsweep.benchmark.faults import parse_faults
     from omicsweep.benchmark.metrics import METRIC_NAMES
+    from omicsweep.benchmark.resume import load_state, save_options, sweep_key
+    from omicsweep.benchmark.strategies import load_deepspeed_config
     from omicsweep.benchmark.space import load_space, sweep_settings, with_fixed
     from omicsweep.benchmark.sweep import SweepRequest, ray_session, run_sweep
     from omicsweep.datasets import open_store, resolve_dataset
@@ -349,6 +404,12 @@ def sweep(
     from omicsweep.reports.leaderboard import build_leaderboard, render_leaderboard, write_leaderboard
     from omicsweep.reports.tracking import MlflowRecorder, default_tracking_uri
 
+    dataset, model, trials, concurrency, seed, metric, space, max_epochs, out, tracking_uri, address = (
+        options[k] for k in ("dataset", "model", "trials", "concurrency", "seed", "metric", "space", "max_epochs",
+                             "out", "tracking_uri", "address"))
+    cpus_per_trial, seeds, ensemble, set_ = (options[k] for k in ("cpus_per_trial", "seeds", "ensemble", "set_"))
+    parse_faults(options.get("inject_faults"))
+    ds_settings = load_deepspeed_config(str(options["deepspeed"])) if options.get("deepspeed") else None
     # validate everything before the run folder exists; the store's task kind picks the models that fit it
     dataset_name, store_path = resolve_dataset(dataset, seed=seed)
     store = open_store(store_path)
@@ -367,14 +428,24 @@ def sweep(
         err_console.print(note, highlight=False, markup=False, soft_wrap=True)
 
     out.mkdir(parents=True, exist_ok=True)
+    state = load_state(out) if resuming else {}
+    if not resuming:
+        save_options(out, {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items() if k != "resume"})
     uri = tracking_uri or default_tracking_uri(out)
     outcomes = []
-    with ray_session(address=address, num_cpus=os.cpu_count()):
+    with ray_session(address=address, num_cpus=_local_cpus(options)):
         for entry in entries:
+            previous = state.get(sweep_key(dataset_name, entry.name), {})
+            if previous.get("status") == "finished":
+                err_console.print(f"{dataset_name}/{entry.name}: finished before, kept as it is", highlight=False)
+                continue
             request = SweepRequest(
                 dataset=dataset_name, store_path=store_path, fingerprint=store.fingerprint, model=entry.name,
                 space=spaces[entry.name], trials=trials, concurrency=concurrency, seed=seed, metric=metric,
                 run_folder=out, cpus_per_trial=cpus_per_trial, max_epochs=max_epochs, seeds=seeds,
+                workers_per_trial=options["workers_per_trial"], gpus_per_trial=options["gpus_per_trial"],
+                deepspeed=ds_settings, storage=options["storage"], max_failures=options["max_failures"],
+                faults=options["inject_faults"], resume_parent=previous.get("parent_run_id"),
             )
             recorder = MlflowRecorder(uri, artifact_root=out / "mlartifacts")
             with RichProgress(request.n_trials, f"{dataset_name}/{entry.name}") as progress:

@@ -18,10 +18,8 @@ names this cluster's private --temp-dir, and their descendants.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -31,6 +29,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
+from ray_procs import cluster_processes, cmdline, end_cluster, ray_env
 
 pytestmark = [
     pytest.mark.slow,
@@ -51,66 +50,11 @@ def _free_ports(n: int) -> list[int]:
         return [s.getsockname()[1] for s in socks]
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # never point at another session
-    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", MLFLOW_DISABLE_TELEMETRY="true",
-               TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S="0", **extra)
-    return env
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return []
-
-
-def _ppid(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _pids() -> list[int]:
-    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
-
-
-def _cluster_processes(temp_dir: str) -> list[int]:
-    """Processes whose command line names temp_dir (gcs, raylets, agents, monitors), plus their descendants."""
-    me = os.getpid()
-    roots = {p for p in _pids() if p != me and any(temp_dir in arg for arg in _cmdline(p))}
-    parents = {p: _ppid(p) for p in _pids()}
-    found = set(roots)
-    grew = True
-    while grew:
-        children = {p for p, parent in parents.items() if parent in found} - found
-        found |= children
-        grew = bool(children)
-    return sorted(found)
-
-
-def _end_cluster(temp_dir: str) -> None:
-    """SIGTERM this cluster's processes, then SIGKILL whatever is left after a few seconds."""
-    for sig, wait in ((signal.SIGTERM, 8.0), (signal.SIGKILL, 3.0)):
-        pids = _cluster_processes(temp_dir)
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.time() + wait
-        while time.time() < deadline and _cluster_processes(temp_dir):
-            time.sleep(0.2)
-        if not _cluster_processes(temp_dir):
-            return
-
-
 def _raylets(temp_dir: str) -> dict[str, str]:
     """node id -> 'head' or 'node_b', from the command lines of this cluster's raylets."""
     nodes = {}
-    for pid in _cluster_processes(temp_dir):
-        args = _cmdline(pid)
+    for pid in cluster_processes(temp_dir):
+        args = cmdline(pid)
         if not args or not args[0].endswith("/raylet"):
             continue
         node_id = next(a.split("=", 1)[1] for a in args if a.startswith("--node_id="))
@@ -145,7 +89,7 @@ def two_node_cluster():
     # a short path: Ray's unix sockets live under it and socket paths are limited to ~107 characters
     temp_dir = tempfile.mkdtemp(prefix="osmn", dir="/tmp")
     port, dashboard, agent_head, agent_b = _free_ports(4)
-    env = _env()
+    env = ray_env()
     ray = str(BIN / "ray")
     small_store = str(100 * 1024 * 1024)
     try:
@@ -166,8 +110,8 @@ def two_node_cluster():
         assert sorted(nodes.values()) == ["head", "node_b"], nodes
         yield {"address": f"127.0.0.1:{port}", "temp_dir": temp_dir, "nodes": nodes}
     finally:
-        _end_cluster(temp_dir)
-        leftover = _cluster_processes(temp_dir)
+        end_cluster(temp_dir)
+        leftover = cluster_processes(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
         assert not leftover, f"Ray processes of {temp_dir} still running: {leftover}"
 
@@ -181,7 +125,7 @@ def test_sweep_spreads_trials_over_two_nodes(two_node_cluster, tmp_path):
          "--model", "mlp", "--trials", "4", "--concurrency", "2", "--max-epochs", "2",
          "--seeds", "0",  # no seed re-runs: the trials are what this test is about, and it keeps it short
          "--out", str(out)],
-        env=_env(OMICSWEEP_CACHE=str(tmp_path / "cache")), capture_output=True, text=True, timeout=240,
+        env=ray_env(OMICSWEEP_CACHE=str(tmp_path / "cache")), capture_output=True, text=True, timeout=240,
     )
     wall = time.time() - started
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from omicsweep.benchmark.trial import TrialContext, execute_trial, faulty, with_resources
 
+WORKER_START_ATTEMPTS = 20  # x 60 s: room for an autoscaler to start GPU nodes from zero
 TRAIN_FOLDER = "train"  # under the sweep's storage: Ray Train runs (one per trial attempt) and their checkpoints
 
 
@@ -111,7 +112,7 @@ def run_on_workers(config: dict[str, Any], context: TrialContext) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     use_gpu = context.gpus > 0
-    resources = {"CPU": float(context.threads), **({"GPU": float(context.gpus)} if use_gpu else {})}
+    resources = {"CPU": float(context.cpus), **({"GPU": float(context.gpus)} if use_gpu else {})}
     storage = context.storage or str(Path(tempfile.gettempdir()) / "omicsweep-train")
     attempt = f"{tune.get_context().get_trial_id()}-{uuid.uuid4().hex[:6]}"  # a retry starts a fresh Train run
     trainer = _stoppable_trainer_class()(
@@ -124,7 +125,9 @@ def run_on_workers(config: dict[str, Any], context: TrialContext) -> None:
             storage_path=_join(storage, TRAIN_FOLDER),
             callbacks=[TuneReportCallback()],
             checkpoint_config=CheckpointConfig(num_to_keep=1),  # the best so far: a trial checkpoints on improvement
-            failure_config=FailureConfig(max_failures=0),  # retries are Tune's (--max-failures), counted per trial
+            # retries are Tune's (--max-failures), counted per trial; a worker group that cannot start (60 s per
+            # attempt) fails the trial after WORKER_START_ATTEMPTS instead of waiting forever
+            failure_config=FailureConfig(max_failures=0, controller_failure_limit=WORKER_START_ATTEMPTS),
         ),
     )
     trainer.fit()

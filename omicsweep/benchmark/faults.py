@@ -63,7 +63,7 @@ def is_chosen(plan: FaultPlan, key: str) -> bool:
 
 
 def with_faults(report: Callable, plan: FaultPlan | None, *, key: str, marker_dir: str | None) -> Callable:
-    """`report` that, for a chosen trial, fails right after the first result has been reported."""
+    """`report` that, for a chosen trial, fails when the first epoch's result is to be reported."""
     if plan is None or not is_chosen(plan, key):
         return report
     marker = Path(marker_dir) / f"{key}.failed" if marker_dir else None
@@ -71,7 +71,7 @@ def with_faults(report: Callable, plan: FaultPlan | None, *, key: str, marker_di
         return report
 
     def failing(metrics: dict[str, Any], files=None) -> None:
-        report(metrics, files)
+        # before the first result reaches Tune: ASHA could otherwise stop the trial first and hide the fault
         if marker is not None:
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.touch()

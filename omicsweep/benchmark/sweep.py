@@ -264,6 +264,7 @@ def _trial_context(request: SweepRequest, defaults: dict[str, Any]) -> TrialCont
         metric=request.metric,
         threads=max(1, int(request.cpus_per_trial)),
         workers=request.workers_per_trial if torch_model else 1,
+        cpus=request.cpus_per_trial,
         gpus=request.gpus_per_trial,
         deepspeed=request.deepspeed if torch_model else None,
         storage=sweep_storage(request),
@@ -301,8 +302,20 @@ def _search_alg(request: SweepRequest, dims: dict[str, Any], history: SweepHisto
     done = history.done() if history else []
     past = [(searched_params(t.config, names), t.metrics.get(metric) if t.status == "FINISHED" else None) for t in done]
     requeue = [searched_params(t.config, names) for t in (history.interrupted() if history else [])]
-    searcher = HistoryOptunaSearch(sampler=TPESampler(seed=request.seed), history=past, requeue=requeue)
+    searcher = HistoryOptunaSearch(sampler=TPESampler(seed=sampler_seed(request.seed, len(past))), history=past,
+                                   requeue=requeue)
     return ConcurrencyLimiter(searcher, request.concurrency)
+
+
+def sampler_seed(sweep_seed: int, n_restored: int) -> int:
+    """The sweep seed itself for a fresh sweep (the same seed proposes the same configurations); after a resume
+    a seed derived from it and the trials restored, since TPE's random start-up would otherwise draw the killed
+    driver's first proposals again (its RNG state died with it)."""
+    if n_restored == 0:
+        return sweep_seed
+    import numpy as np
+
+    return int(np.random.SeedSequence([sweep_seed, n_restored]).generate_state(1)[0])
 
 
 def _open_sweep(request: SweepRequest, recorder: Recorder, context: TrialContext, name: str) -> SweepHistory | None:
@@ -398,8 +411,9 @@ def run_sweep(request: SweepRequest, recorder: Recorder, *, progress=None) -> Sw
         summary = {"wall_time_s": wall, "trials_finished": tracker.finished, "trials_failed": tracker.failed}
         if rerun_wall is not None:
             summary["rerun_wall_s"] = rerun_wall
-        if history is not None:
+        if history is not None:  # the wall time spans the interrupted part too (up to its last tracked trial)
             summary["restored_trials"] = len(history.done())
+            summary["wall_time_s"] = wall + float(getattr(recorder, "wall_before_resume_s", 0.0))
         recorder.end_sweep(status=status, summary=summary)
         update_state(request.run_folder, sweep_key(request.dataset, request.model), status=status.lower())
     return SweepOutcome(

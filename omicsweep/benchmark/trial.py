@@ -21,6 +21,18 @@ class TrialContext:
     seed: int = 0
     metric: str = "accuracy"
     threads: int = 1
+    # distributed strategies (benchmark/strategies.py, benchmark/distributed.py): torch models only
+    workers: int = 1                        # Ray Train workers per trial (data parallel) when > 1
+    cpus: float = 1.0                       # CPUs reserved per trial, or per worker (fractions allowed)
+    gpus: float = 0.0                       # GPUs per trial (single worker) or per worker (Ray Train)
+    deepspeed: dict[str, Any] | None = None  # DeepSpeed settings (the --deepspeed JSON), trained by Ray Train
+    storage: str | None = None              # Ray Train's storage for a distributed trial's checkpoints
+    faults: str | None = None               # chaos tests: benchmark/faults.py spec, sweep trials only
+    fault_dir: str | None = None            # where `:once` faults remember they fired
+
+    @property
+    def distributed(self) -> bool:
+        return self.workers > 1 or self.deepspeed is not None
 
 
 def trial_config(context: TrialContext, sampled: dict[str, Any]) -> dict[str, Any]:
@@ -28,11 +40,16 @@ def trial_config(context: TrialContext, sampled: dict[str, Any]) -> dict[str, An
     return {**context.defaults, **sampled, "seed": context.seed}
 
 
-def execute_trial(context: TrialContext, sampled: dict[str, Any], report: Callable) -> None:
-    """Run one trial outside or inside Ray; `report(metrics, checkpoint_files)` receives every result."""
+def execute_trial(context: TrialContext, sampled: dict[str, Any], report: Callable, *, strategy=None) -> None:
+    """Run one trial outside or inside Ray; `report(metrics, checkpoint_files)` receives every result.
+
+    strategy: how a torch model trains (benchmark/strategies.py); default one process, on a GPU when the
+    context asks for one and torch sees one.
+    """
     import torch
     from threadpoolctl import threadpool_limits
 
+    from omicsweep.benchmark.strategies import Strategy
     from omicsweep.benchmark.training import FITTERS, FitInputs, seed_everything
     from omicsweep.datasets.loader import fit_transform_on_train
     from omicsweep.datasets.store import open_store
@@ -57,6 +74,7 @@ def execute_trial(context: TrialContext, sampled: dict[str, Any], report: Callab
         config=config,
         seed=context.seed,
         metric=context.metric,
+        strategy=strategy or Strategy(device=_local_device(context)),
     )
     # BLAS thread pools (scikit-learn, scipy) held to the trial's threads too: a Ray worker gets
     # OMP_NUM_THREADS=its CPUs, so an in-process re-run (`reproduce`) must match it to sum in the same order
@@ -109,6 +127,26 @@ def with_resources(report: Callable) -> Callable:
     return wrapped
 
 
+def _local_device(context: TrialContext):
+    import torch
+
+    return torch.device("cuda") if context.gpus > 0 and torch.cuda.is_available() else torch.device("cpu")
+
+
+def faulty(report: Callable, context: TrialContext, sampled: dict[str, Any]) -> Callable:
+    """`report` with the sweep's injected faults (chaos tests; a no-op unless --inject-faults was given)."""
+    from omicsweep.benchmark.faults import parse_faults, trial_key, with_faults
+
+    plan = parse_faults(context.faults)
+    key = trial_key(context.seed, trial_config(context, sampled))
+    return with_faults(report, plan, key=key, marker_dir=context.fault_dir)
+
+
 def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     """Ray Tune function trainable (bind `context` with tune.with_parameters)."""
-    execute_trial(context, config, with_resources(tune_report))
+    if context.distributed:
+        from omicsweep.benchmark.distributed import run_on_workers
+
+        run_on_workers(config, context)
+        return
+    execute_trial(context, config, faulty(with_resources(tune_report), context, config))

@@ -103,8 +103,9 @@ class MlflowRecorder:
         self._common_tags = {k: v for k, v in parent.data.tags.items() if k in keep or k in (tags or {})}
         self._common_tags.update(tags or {})
         self.client.update_run(parent_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
-        priors = []
+        priors, last_end = [], parent.info.start_time
         for child in self._children(parent_run_id):
+            last_end = max(last_end, child.info.end_time or child.info.start_time or 0)
             trial_id, status = child.data.tags.get(TRIAL_ID_TAG, child.info.run_name), child.info.status
             config = json.loads(child.data.tags.get(CONFIG_TAG, "{}"))
             priors.append(PriorTrial(trial_id=trial_id, role=child.data.tags.get(ROLE_TAG, "trial"), status=status,
@@ -113,6 +114,7 @@ class MlflowRecorder:
                 self.trial_runs[trial_id] = child.info.run_id
             else:
                 self.client.delete_run(child.info.run_id)
+        self.wall_before_resume_s = max(0.0, (last_end - parent.info.start_time) / 1000)  # the killed driver's part
         return priors
 
     def _children(self, parent_run_id: str) -> list:
