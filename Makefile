@@ -9,6 +9,9 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	# torch's CPU build first where the machine has it on disk (pip's find-links): otherwise the resolver of the
+	# whole project below picks PyPI's CUDA build (GBs of nvidia-* wheels); elsewhere this fails and pip's default applies
+	$(PY) -m pip install --quiet "torch==2.13.0+cpu" 2>/dev/null || true
 	$(PY) -m pip install --quiet -e '.[dev]'
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
