@@ -305,7 +305,7 @@ class RichProgress:
 
     def update(self, tracker) -> None:
         done = tracker.finished + tracker.failed
-        running = len(tracker.started) - done
+        running = tracker.running
         best = "-" if tracker.best is None else f"{tracker.best:.3f}"
         self.progress.update(
             self.task, completed=done,

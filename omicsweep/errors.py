@@ -15,6 +15,12 @@ class ConfigError(OmicsweepError):
     """A search-space file, option or config value is malformed."""
 
 
+class SweepInterrupted(OmicsweepError):
+    """The sweep stopped before all its trials ran (Ctrl-C, SIGTERM); the run folder can be resumed."""
+
+    exit_code = 130  # as a shell reports a process ended by SIGINT
+
+
 class UnknownNameError(OmicsweepError):
     """A model or dataset name is not registered."""
 

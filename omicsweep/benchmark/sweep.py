@@ -32,6 +32,7 @@ from omicsweep.benchmark.sweep_tracking import (  # noqa: F401 - re-exported: re
 )
 from omicsweep.benchmark.trial import TrialContext, run_trial
 from omicsweep.environment import git_commit, package_versions
+from omicsweep.errors import SweepInterrupted
 
 @dataclass
 class SweepRequest:
@@ -248,6 +249,12 @@ def run_sweep(request: SweepRequest, recorder: Recorder, *, progress=None) -> Sw
                     failure_config=tune.FailureConfig(max_failures=request.max_failures),
                 ),
             ).fit()
+        if tracker.finished + tracker.failed < request.n_trials:  # Tune returns early after a SIGINT
+            status = "KILLED"
+            raise SweepInterrupted(
+                f"{request.dataset}/{request.model}: interrupted after {tracker.finished + tracker.failed} of "
+                f"{request.n_trials} trials; finish it with: omicsweep sweep --resume {request.run_folder}"
+            )
         status = "FINISHED"
         wall = time.time() - started
         rerun_wall = record_seed_reruns(request, recorder, tracker, done=history.reruns_done() if history else set())

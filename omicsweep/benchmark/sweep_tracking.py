@@ -51,6 +51,7 @@ class TrackingCallback(Callback):
         self.dataset_files = dataset_files  # folder with genes.txt and classes.json, logged beside each checkpoint
         self.started: dict[str, float] = {}
         self.retries: dict[str, int] = {}
+        self.restored = 0  # trials of an interrupted sweep, counted in finished/failed, not started here
         self.checkpoint_paths: dict[str, str] = {}  # Ray Train trials: rank 0's latest (= best) checkpoint
         self.configs: dict[str, dict[str, Any]] = {}
         self.completed: list[str] = []
@@ -65,6 +66,7 @@ class TrackingCallback(Callback):
 
     def restore(self, done: list, metric: str) -> None:
         """Count the trials of an interrupted sweep that finished or failed before its driver died."""
+        self.restored = len(done)
         for prior in done:
             self.configs[prior.trial_id] = prior.config
             if prior.status == "FAILED":
@@ -76,6 +78,10 @@ class TrackingCallback(Callback):
             value = prior.metrics.get("best_val")
             if value is not None and (self.best is None or value > self.best):
                 self.best = float(value)
+
+    @property
+    def running(self) -> int:
+        return len(self.started) - (self.finished + self.failed - self.restored)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         if trial.trial_id in self.started:  # restarted after a failure (--max-failures): same run, same record
