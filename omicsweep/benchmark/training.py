@@ -255,7 +255,7 @@ def _make_member(entry: ModelEntry, inputs: FitInputs, index: int) -> _Member:
 
 
 def _train_members_one_epoch(
-    members: list[_Member], epoch: int, loss_fn: nn.Module, grad_clip: float, strategy: Strategy
+    members: list[_Member], epoch: int, loss_fn: nn.Module, grad_clip: float, strategy: Strategy | None = None
 ) -> float:
     """Each member trains one epoch on its own RNG stream; returns their mean training loss."""
     losses = []
