@@ -97,6 +97,20 @@ def ray_session(*, address: str | None, num_cpus: int | None, temp_dir: Path | N
         ray.shutdown()
 
 
+class _NoTuneRestoreHint(logging.Filter):
+    """Drop Tune's "Resume experiment with: Tuner.restore(...)" after Ctrl-C: `omicsweep sweep --resume` is the
+    way back (it restores the searcher and tracking too), and the sweep prints that instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore" not in record.getMessage()
+
+
+def _hide_tune_restore_hint() -> None:
+    logger = logging.getLogger("ray.tune.tune")
+    if not any(isinstance(f, _NoTuneRestoreHint) for f in logger.filters):
+        logger.addFilter(_NoTuneRestoreHint())
+
+
 def _trial_context(request: SweepRequest, defaults: dict[str, Any]) -> TrialContext:
     """What every trial of the sweep shares; distributed strategies apply to torch models only."""
     from omicsweep.models import get_model
@@ -210,6 +224,7 @@ def run_sweep(request: SweepRequest, recorder: Recorder, *, progress=None) -> Sw
     # a failed trial's traceback is Tune's ERROR log line; its last line is recorded in MLflow and printed by
     # the leaderboard, so the console is not flooded when many trials fail (--max-failures, --inject-faults)
     logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
+    _hide_tune_restore_hint()
     progress = progress or NullProgress()
     defaults = dict(request.space.defaults)
     if request.max_epochs is not None:
