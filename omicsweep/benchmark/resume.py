@@ -75,10 +75,6 @@ class HistoryOptunaSearch(OptunaSearch):
         for params in self._requeue:
             self._ot_study.enqueue_trial(params)
 
-    @property
-    def restored_trials(self) -> int:
-        return len(self._ot_study.trials) if getattr(self, "_ot_study", None) is not None else len(self._history)
-
 
 def searched_params(config: dict[str, Any], names: list[str]) -> dict[str, Any]:
     return {name: config[name] for name in names if name in config}

@@ -33,10 +33,6 @@ class Strategy:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
-    def is_chief(self) -> bool:
-        return self.rank == 0
-
-    @property
     def compute_dtype(self) -> torch.dtype:
         return torch.float32
 
