@@ -9,13 +9,12 @@ its own shard of the zarr store (rank and world size reach the loader).
 
 from __future__ import annotations
 
-import os
 import tempfile
 import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-from omicsweep.benchmark.trial import TrialContext, execute_trial, faulty, with_resources
+from omicsweep.benchmark.trial import TrialContext, checkpoint_folder, execute_trial, faulty, with_resources
 
 WORKER_START_ATTEMPTS = 20  # x 60 s: room for an autoscaler to start GPU nodes from zero
 TRAIN_FOLDER = "train"  # under the sweep's storage: Ray Train runs (one per trial attempt) and their checkpoints
@@ -30,9 +29,7 @@ def train_report(rank: int) -> Callable:
         if rank != 0 or not files:
             ray.train.report(metrics)
             return
-        with tempfile.TemporaryDirectory(prefix="omicsweep-ckpt-") as folder:
-            for name, write in files.items():
-                write(os.path.join(folder, name))
+        with checkpoint_folder(files) as folder:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
     return report

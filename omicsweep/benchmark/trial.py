@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from omicsweep.errors import InputError
 
@@ -82,6 +83,15 @@ def execute_trial(context: TrialContext, sampled: dict[str, Any], report: Callab
         FITTERS[entry.family](entry, inputs, report)
 
 
+@contextlib.contextmanager
+def checkpoint_folder(files: dict[str, Callable[[str], None]]) -> Iterator[str]:
+    """A temporary folder holding the fitter's checkpoint files, for Tune or Train to upload while it exists."""
+    with tempfile.TemporaryDirectory(prefix="omicsweep-ckpt-") as folder:
+        for name, write in files.items():
+            write(os.path.join(folder, name))
+        yield folder
+
+
 def tune_report(metrics: dict[str, Any], files: dict[str, Callable[[str], None]] | None) -> None:
     """Send one result to Ray Tune, with a checkpoint folder when the fitter provided files."""
     from ray import tune
@@ -89,9 +99,7 @@ def tune_report(metrics: dict[str, Any], files: dict[str, Callable[[str], None]]
     if not files:
         tune.report(metrics)
         return
-    with tempfile.TemporaryDirectory(prefix="omicsweep-ckpt-") as folder:
-        for name, write in files.items():
-            write(os.path.join(folder, name))
+    with checkpoint_folder(files) as folder:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from omicsweep.datasets.store import StoreMetadata
 from omicsweep.errors import ConfigError, InputError
 from omicsweep.tasks import GENE_PAIR_IMAGE
 
@@ -60,7 +61,7 @@ def image_options(config: dict[str, Any]) -> dict[str, Any]:
     return {"bins": int(bins), "sigma": float(sigma)}
 
 
-class PairTaskStore:
+class PairTaskStore(StoreMetadata):
     """Gene pairs with labels and splits; rows are pairs and a row's values are its flattened image.
 
     The loader-facing names are the Store's: `n_cells` = pairs, `n_genes` = pixels (bins * bins), `read_rows` =
@@ -70,6 +71,7 @@ class PairTaskStore:
     task_kind = GENE_PAIR_IMAGE
     default_metric = "balanced_accuracy"  # study 001's metric: accuracy hides a collapse to the majority class
     rows_per_chunk = ROWS_PER_CHUNK
+    NO_FOLDS_HINT = "it keeps the train/val/test split its pair files give"
 
     def __init__(self, path: Path | str, fold: int | None = None, *, bins: int = DEFAULT_BINS, sigma: float = 0.0):
         import zarr
@@ -85,14 +87,6 @@ class PairTaskStore:
         self.fold = None if fold is None else self._check_fold(fold)
 
     # ---- metadata ---------------------------------------------------------------------------------------------
-    @property
-    def fingerprint(self) -> str:
-        return str(self.meta["fingerprint"])
-
-    @property
-    def classes(self) -> list[str]:
-        return [str(c) for c in self.meta["classes"]]
-
     @property
     def provenance(self) -> dict[str, Any]:
         # value_kind 'image': the loader applies no log1p (the images are already CNNC-normalised, 0..1)
@@ -134,13 +128,6 @@ class PairTaskStore:
 
     def parts(self) -> np.ndarray:
         return self._arrays["part"].astype(np.int64)
-
-    def _check_fold(self, fold) -> int:
-        if not self.n_folds:
-            raise ConfigError(f"config fold={fold!r}: {self.path} has a given split, no folds")
-        if isinstance(fold, bool) or not isinstance(fold, (int, np.integer)) or not 0 <= fold < self.n_folds:
-            raise ConfigError(f"config fold={fold!r}: expected an integer 0..{self.n_folds - 1} for {self.path}")
-        return int(fold)
 
     def split_indices(self, split: str, fold: int | None = None) -> np.ndarray:
         """Sorted pair indices of one split; `fold` (or the store's own) picks the data-part fold held out as test."""

@@ -210,8 +210,33 @@ def write_store(
         )
 
 
+class StoreMetadata:
+    """What every kind of store reads the same way from its `meta` dict: fingerprint, classes, fold checks.
+
+    A subclass sets `meta`, `path`, `n_folds` and `NO_FOLDS_HINT` (what to tell a user who asks a store without
+    folds for one).
+    """
+
+    NO_FOLDS_HINT = "ingest it with --folds K"
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.meta["fingerprint"])
+
+    @property
+    def classes(self) -> list[str]:
+        return [str(c) for c in self.meta["classes"]]
+
+    def _check_fold(self, fold) -> int:
+        if not self.n_folds:
+            raise ConfigError(f"config fold={fold!r}: {self.path} has no folds; {self.NO_FOLDS_HINT}")
+        if isinstance(fold, bool) or not isinstance(fold, (int, np.integer)) or not 0 <= fold < self.n_folds:
+            raise ConfigError(f"config fold={fold!r}: expected an integer 0..{self.n_folds - 1} for {self.path}")
+        return int(fold)
+
+
 @dataclass
-class Store:
+class Store(StoreMetadata):
     """Read side of a store: shape, genes, classes, splits, provenance, and row-chunk reads of X.
 
     path: a local folder, or an fsspec URL (s3://bucket/x.zarr, gs://..., file://...; `path` stays that string)
@@ -266,14 +291,6 @@ class Store:
 
     # ---- metadata ---------------------------------------------------------------------------------------------
     @property
-    def fingerprint(self) -> str:
-        return str(self.meta["fingerprint"])
-
-    @property
-    def classes(self) -> list[str]:
-        return [str(c) for c in self.meta["classes"]]
-
-    @property
     def provenance(self) -> dict[str, Any]:
         return json.loads(self.meta["provenance_json"])
 
@@ -323,13 +340,6 @@ class Store:
         if not self.n_folds:
             raise ConfigError(f"{self.path}: has no folds; ingest it with --folds K")
         return np.asarray(self._root["obs"][FOLD_KEY][:], dtype=np.int64)
-
-    def _check_fold(self, fold) -> int:
-        if not self.n_folds:
-            raise ConfigError(f"config fold={fold!r}: {self.path} has no folds; ingest it with --folds K")
-        if isinstance(fold, bool) or not isinstance(fold, (int, np.integer)) or not 0 <= fold < self.n_folds:
-            raise ConfigError(f"config fold={fold!r}: expected an integer 0..{self.n_folds - 1} for {self.path}")
-        return int(fold)
 
     def split_indices(self, split: str, fold: int | None = None) -> np.ndarray:
         """Sorted row indices of one split ('train', 'val' or 'test').
