@@ -137,14 +137,6 @@ class PairTaskStore(StoreMetadata):
         return np.flatnonzero(self._arrays["splits"][fold or 0] == SPLITS.index(split))
 
     # ---- images -----------------------------------------------------------------------------------------------
-    @property
-    def n_chunks(self) -> int:
-        return -(-self.n_cells // self.rows_per_chunk)
-
-    def chunk_bounds(self, chunk: int) -> tuple[int, int]:
-        start = chunk * self.rows_per_chunk
-        return start, min(self.n_cells, start + self.rows_per_chunk)
-
     def read_rows(self, start: int, stop: int) -> sp.csr_matrix:
         return sp.csr_matrix(self.images()[start:stop])
 

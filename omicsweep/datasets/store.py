@@ -211,10 +211,11 @@ def write_store(
 
 
 class StoreMetadata:
-    """What every kind of store reads the same way from its `meta` dict: fingerprint, classes, fold checks.
+    """What every kind of store does the same way: fingerprint and classes from its `meta` dict, row chunks,
+    fold checks.
 
-    A subclass sets `meta`, `path`, `n_folds` and `NO_FOLDS_HINT` (what to tell a user who asks a store without
-    folds for one).
+    A subclass sets `meta`, `path`, `n_cells`, `rows_per_chunk`, `n_folds` and `NO_FOLDS_HINT` (what to tell a
+    user who asks a store without folds for one).
     """
 
     NO_FOLDS_HINT = "ingest it with --folds K"
@@ -226,6 +227,14 @@ class StoreMetadata:
     @property
     def classes(self) -> list[str]:
         return [str(c) for c in self.meta["classes"]]
+
+    @property
+    def n_chunks(self) -> int:  # rows are read in chunks of `rows_per_chunk` (the loader's unit of shuffling)
+        return -(-self.n_cells // self.rows_per_chunk)
+
+    def chunk_bounds(self, chunk: int) -> tuple[int, int]:
+        start = chunk * self.rows_per_chunk
+        return start, min(self.n_cells, start + self.rows_per_chunk)
 
     def _check_fold(self, fold) -> int:
         if not self.n_folds:
@@ -357,14 +366,6 @@ class Store(StoreMetadata):
         return np.flatnonzero(codes == SPLITS.index(split))
 
     # ---- data -------------------------------------------------------------------------------------------------
-    @property
-    def n_chunks(self) -> int:
-        return -(-self.n_cells // self.rows_per_chunk)
-
-    def chunk_bounds(self, chunk: int) -> tuple[int, int]:
-        start = chunk * self.rows_per_chunk
-        return start, min(self.n_cells, start + self.rows_per_chunk)
-
     def read_rows(self, start: int, stop: int) -> sp.csr_matrix:
         """Rows [start, stop) as CSR, reading only the nnz range they cover."""
         lo, hi = int(self.indptr[start]), int(self.indptr[stop])
