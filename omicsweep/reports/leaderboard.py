@@ -105,7 +105,8 @@ def paired_p_value(top: dict[int, float], other: dict[int, float]) -> float | No
 def _row(dataset: str, model: str, runs: list, reruns: list, sweeps: list) -> dict:
     finished = [r for r in runs if r.info.status == "FINISHED" and "best_val" in r.data.metrics]
     failed = [r for r in runs if r.info.status == "FAILED"]
-    best = max(finished, key=lambda r: r.data.metrics["best_val"], default=None)
+    # ties broken by trial id, as the sweep's `best_trial` does when it picks the configuration to re-run
+    best = max(finished, key=lambda r: (r.data.metrics["best_val"], r.data.tags.get(TRIAL_ID_TAG, "")), default=None)
     if best is not None:  # only the re-runs of this best configuration
         reruns = [r for r in reruns if r.data.tags.get(RERUN_OF_TAG) == best.data.tags.get(TRIAL_ID_TAG)]
     seed_stats = {}
