@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from omicsweep.atomic import replace_folder, temp_sibling
 from omicsweep.datasets.pair_files import PairFile, read_pairs
 from omicsweep.datasets.pair_store import FORMAT_VERSION, META_KEY, SPLITS, PairTaskStore
 from omicsweep.errors import ConfigError, InputError
@@ -109,17 +108,15 @@ def _write_atomically(out: Path, arrays: dict[str, np.ndarray], meta: dict[str, 
     import zarr
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+    tmp = temp_sibling(out)
     try:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         for key, values in arrays.items():
             root.create_array(key, data=values)
         root.attrs[META_KEY] = meta
-        if out.exists():
-            if not overwrite:
-                raise InputError(f"{out}: already exists; pass --overwrite to replace it")
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        if out.exists() and not overwrite:
+            raise InputError(f"{out}: already exists; pass --overwrite to replace it")
+        replace_folder(tmp, out)  # the old store stays whole until the new one is in place
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import uuid
 import warnings
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from omicsweep.atomic import replace_folder
 from omicsweep.datasets.splits import fold_to_split
 from omicsweep.errors import ConfigError, InputError
 from omicsweep.tasks import CELL_CLASSIFICATION
@@ -169,9 +169,7 @@ class StoreWriter:
             for key in ("obsm", "varm", "layers", "obsp", "varp"):
                 write_elem(self._root, key, {})
         self._root.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
-        if self.out.exists():
-            shutil.rmtree(self.out)
-        os.replace(self.tmp, self.out)
+        replace_folder(self.tmp, self.out)  # the old store stays whole until the new one is in place
         self._done = True
         return fingerprint
 
