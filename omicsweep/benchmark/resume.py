@@ -16,14 +16,13 @@ and `sweep-state.json` (each model's parent run and whether its sweep finished),
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ray.tune.search.optuna import OptunaSearch
 
+from omicsweep.atomic import atomic_write_text
 from omicsweep.errors import InputError
 
 OPTIONS_FILE = "sweep.json"
@@ -84,17 +83,7 @@ def searched_params(config: dict[str, Any], names: list[str]) -> dict[str, Any]:
 
 
 def write_json_atomic(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(value, fh, indent=1, sort_keys=True, default=str)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(value, indent=1, sort_keys=True, default=str))
 
 
 def read_json(path: Path, what: str) -> Any:

@@ -7,11 +7,10 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import uuid
 from pathlib import Path
 
+from omicsweep.atomic import atomic_write_text
 from omicsweep.errors import ConfigError, InputError
 
 REGISTRY_FILE = "datasets.json"
@@ -39,11 +38,7 @@ def registered_datasets() -> dict[str, str]:
 
 
 def _write(entries: dict[str, str]) -> None:
-    path = registry_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(dict(sorted(entries.items())), indent=2) + "\n")
-    os.replace(tmp, path)  # readers never see a half-written file
+    atomic_write_text(registry_path(), json.dumps(dict(sorted(entries.items())), indent=2) + "\n")
 
 
 def register_dataset(name: str, store: Path | str, *, overwrite: bool = False) -> Path | str:

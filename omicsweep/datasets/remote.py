@@ -126,7 +126,9 @@ def upload_store(local: Path, url: str, *, storage_options: dict[str, Any] | Non
     """Copy a finished local store to `url`, root `zarr.json` last; on failure remove what was uploaded.
 
     Anything already at `url` is refused unless `overwrite`, which first removes the root `zarr.json` (so
-    readers stop seeing the old store) and then everything else under the prefix.
+    readers stop seeing the old store) and then everything else under the prefix. Object stores cannot rename a
+    prefix, so unlike a local store (omicsweep.atomic.replace_folder) an overwrite is not atomic: the new store
+    is complete locally before the old one is removed, but a failed upload leaves no store at `url`.
     """
     local = Path(local)
     fs, root = filesystem(url, storage_options)

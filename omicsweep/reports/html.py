@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import base64
 import html
-import os
 import time
-import uuid
 from pathlib import Path
 
 import polars as pl
 
+from omicsweep.atomic import atomic_write_text
 from omicsweep.reports.figures import ModelFigures
 from omicsweep.reports.leaderboard import DISPLAY_COLUMNS, display_rows
 
@@ -94,12 +93,4 @@ def report_html(table: pl.DataFrame, figures: dict[tuple[str, str], list[ModelFi
 
 def write_report(text: str, out: Path) -> Path:
     """Write atomically: a hidden sibling renamed into place."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    return atomic_write_text(out, text)
