@@ -401,7 +401,7 @@ def _run_sweeps(options: dict, *, resuming: bool) -> None:
     from omicsweep.benchmark.sweep import SweepRequest, ray_session, run_sweep
     from omicsweep.datasets import open_store, resolve_dataset
     from omicsweep.models import models_for_task
-    from omicsweep.reports.leaderboard import build_leaderboard, render_leaderboard, write_leaderboard
+    from omicsweep.reports.leaderboard import refresh_leaderboard
     from omicsweep.reports.tracking import MlflowRecorder, default_tracking_uri
 
     dataset, model, trials, concurrency, seed, metric, space, max_epochs, out, tracking_uri, address = (
@@ -459,10 +459,8 @@ def _run_sweeps(options: dict, *, resuming: bool) -> None:
                 f"{outcome.wall_time_s:.1f}s wall; trial start-to-first-epoch overhead {overhead}",
                 highlight=False,
             )
-    table = build_leaderboard(uri)
-    render_leaderboard(table, console)
-    csv, parquet = write_leaderboard(table, out)
-    console.print(f"leaderboard: {csv}, {parquet}; MLflow: {uri}", highlight=False)
+    _, (csv, parquet) = refresh_leaderboard(uri, out, console)
+    console.print(f"leaderboard: {csv}, {parquet}; MLflow: {uri} (run 'leaderboard' of each experiment)", highlight=False)
 
 
 class _TaggedRecorder:
@@ -509,7 +507,7 @@ def train(
     from omicsweep.benchmark.training import check_config, config_keys
     from omicsweep.datasets import open_store, resolve_dataset
     from omicsweep.models import get_model, models_for_task
-    from omicsweep.reports.leaderboard import build_leaderboard, render_leaderboard, write_leaderboard
+    from omicsweep.reports.leaderboard import refresh_leaderboard
     from omicsweep.reports.tracking import MlflowRecorder, default_tracking_uri
 
     # validate everything before the run folder exists
@@ -550,10 +548,8 @@ def train(
         f"{outcome.wall_time_s:.1f}s wall; overrides of the defaults: {changed}",
         highlight=False,
     )
-    table = build_leaderboard(uri)
-    render_leaderboard(table, console)
-    csv, parquet = write_leaderboard(table, out)
-    console.print(f"leaderboard: {csv}, {parquet}; MLflow: {uri}", highlight=False)
+    _, (csv, parquet) = refresh_leaderboard(uri, out, console)
+    console.print(f"leaderboard: {csv}, {parquet}; MLflow: {uri} (run 'leaderboard' of each experiment)", highlight=False)
     if not outcome.trials_finished:
         raise typer.Exit(code=1)
 
@@ -566,14 +562,12 @@ def leaderboard(
 ) -> None:
     """Print the leaderboard from a tracking store and write it as CSV and Parquet."""
     from omicsweep.errors import InputError
-    from omicsweep.reports.leaderboard import build_leaderboard, render_leaderboard, write_leaderboard
+    from omicsweep.reports.leaderboard import refresh_leaderboard
     from omicsweep.reports.tracking import default_tracking_uri
 
     if tracking_uri is None and not (out / "mlflow.db").exists():
         raise InputError(f"{out}: no MLflow store (mlflow.db) here; run `omicsweep sweep --out {out}` first")
-    table = build_leaderboard(tracking_uri or default_tracking_uri(out))
-    render_leaderboard(table, console)
-    csv, parquet = write_leaderboard(table, out)
+    _, (csv, parquet) = refresh_leaderboard(tracking_uri or default_tracking_uri(out), out, console)
     console.print(f"leaderboard: {csv}, {parquet}", highlight=False)
 
 
@@ -718,12 +712,14 @@ def report(
     """Write one self-contained HTML report: leaderboards and plots per dataset (images embedded)."""
     from omicsweep.reports.figures import collect_figures
     from omicsweep.reports.html import report_html, write_report
-    from omicsweep.reports.leaderboard import build_leaderboard
+    from omicsweep.reports.board_mlflow import publish_report
+    from omicsweep.reports.leaderboard import refresh_leaderboard
 
     uri = _tracking_store(runs, tracking_uri)
-    table = build_leaderboard(uri)
+    table, _ = refresh_leaderboard(uri, None)
     figures = collect_figures(uri, table, attach_to_runs=attach)
     written = write_report(report_html(table, figures, source=uri), out)
+    publish_report(uri, table, written)
     n_figures = sum(len(f.figures) for found in figures.values() for f in found)
     console.print(f"wrote {written}: {len(table)} leaderboard rows, {n_figures} figures", highlight=False)
 

@@ -184,24 +184,28 @@ def attach(client, figures: ModelFigures) -> None:
         client.log_artifacts(figures.run_id, tmp, artifact_path=PLOTS_ARTIFACTS)
 
 
-def collect_figures(tracking_uri: str, table, *, attach_to_runs: bool = True) -> dict[tuple[str, str], list[ModelFigures]]:
-    """(dataset, model) -> [best-trial figures, sweep figures...] for every leaderboard row."""
+def figure_key(row: dict) -> tuple[str, str, str]:
+    """A leaderboard row's key in `collect_figures`: (section, model, kind)."""
+    return row["section"], row["model"], row["kind"]
+
+
+def collect_figures(tracking_uri: str, table, *, attach_to_runs: bool = True) -> dict[tuple[str, str, str], list[ModelFigures]]:
+    """(section, model, kind) -> [best-trial figures, figures of each of the row's sweeps...] for every row."""
     client = _client(tracking_uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(experiments, max_results=5000) if experiments else []
     by_id = {r.info.run_id: r for r in runs}
-    out: dict[tuple[str, str], list[ModelFigures]] = {}
+    out: dict[tuple[str, str, str], list[ModelFigures]] = {}
     for row in table.iter_rows(named=True):
-        key = (row["dataset"], row["model"])
         best = by_id.get(row["best_run_id"]) if row["best_run_id"] else None
-        found = [model_figures(client, tracking_uri, *key, best)]
-        for sweep in (r for r in runs if r.data.tags.get(ROLE_TAG) == "sweep"
-                      and (r.data.tags.get(DATASET_TAG), r.data.tags.get(MODEL_TAG)) == key):
-            trials = [r for r in runs if r.data.tags.get(PARENT_TAG) == sweep.info.run_id
-                      and r.data.tags.get(ROLE_TAG) == "trial"]
-            found.append(sweep_figures(client, sweep, trials))
+        found = [model_figures(client, tracking_uri, row["section"], row["model"], best)]
+        for sweep_id in (row["sweep_run_ids"] or "").split(","):
+            if sweep_id in by_id:
+                trials = [r for r in runs if r.data.tags.get(PARENT_TAG) == sweep_id
+                          and r.data.tags.get(ROLE_TAG) == "trial"]
+                found.append(sweep_figures(client, by_id[sweep_id], trials))
         if attach_to_runs:
             for figures in found:
                 attach(client, figures)
-        out[key] = found
+        out[figure_key(row)] = found
     return out

@@ -10,8 +10,10 @@ from pathlib import Path
 import polars as pl
 
 from omicsweep.atomic import atomic_write_text
-from omicsweep.reports.figures import ModelFigures
-from omicsweep.reports.leaderboard import DISPLAY_COLUMNS, display_rows
+from omicsweep.reports.figures import ModelFigures, figure_key
+from omicsweep.reports.leaderboard_view import (
+    DISPLAY_COLUMNS, SUMMARY_COLUMNS, display_rows, section_caption, sections, summary_rows,
+)
 
 STYLE = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 2em; color: #222; max-width: 1400px; }
@@ -35,13 +37,37 @@ def _e(text) -> str:
     return html.escape("" if text is None else str(text))
 
 
-def leaderboard_html(part: pl.DataFrame) -> str:
-    head = "".join(f"<th>{_e(c)}</th>" for c in DISPLAY_COLUMNS)
+def _table_html(columns, cells_rows, classes, text_columns: int) -> str:
+    head = "".join(f"<th>{_e(c)}</th>" for c in columns)
     rows = []
-    for row, cells in zip(part.iter_rows(named=True), display_rows(part)):
-        tds = "".join(f'<td class="text">{_e(c)}</td>' if i < 2 else f"<td>{_e(c)}</td>" for i, c in enumerate(cells))
-        rows.append(f'<tr class="{_e(row["role"])}">{tds}</tr>')
+    for cls, cells in zip(classes, cells_rows):
+        tds = "".join(f'<td class="text">{_e(c)}</td>' if i < text_columns else f"<td>{_e(c)}</td>"
+                      for i, c in enumerate(cells))
+        rows.append(f'<tr class="{_e(cls)}">{tds}</tr>')
     return f'<table class="leaderboard"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def leaderboard_html(part: pl.DataFrame) -> str:
+    return _table_html(DISPLAY_COLUMNS, display_rows(part), part["role"].to_list(), 3)
+
+
+def summary_html(table: pl.DataFrame) -> str:
+    """The cross-dataset summary (mean scaled score, mean rank, datasets run and failed)."""
+    from omicsweep.reports.leaderboard import summarize
+
+    summary = summarize(table)
+    if not len(summary):
+        return ""
+    return ("<h2>Across datasets</h2><p class=\"meta\">Mean scaled score and mean rank over the sections a model ran "
+            "on; failed on = sections where no trial finished.</p>"
+            + _table_html(SUMMARY_COLUMNS, summary_rows(summary), summary["role"].to_list(), 2))
+
+
+def leaderboard_page(table: pl.DataFrame, *, source: str) -> str:
+    """The leaderboard alone (every section and the summary) as one page: what MLflow holds beside the runs."""
+    body = [f"<h2>{_e(label)}</h2><p class=\"meta\">{_e(section_caption(part))}</p>{leaderboard_html(part)}"
+            for label, part in sections(table)]
+    return _page("omicsweep leaderboard", source, "\n".join(body) + summary_html(table))
 
 
 def _figures_html(figures: ModelFigures) -> str:
@@ -66,28 +92,29 @@ def _model_section(row: dict, found: list[ModelFigures]) -> str:
     return "\n".join(body)
 
 
-def report_html(table: pl.DataFrame, figures: dict[tuple[str, str], list[ModelFigures]], *, source: str) -> str:
-    sections = []
-    for (dataset,), part in table.group_by(["dataset"], maintain_order=True):
-        seeds = max(part["seeds"].to_list() or [0])
+def report_html(table: pl.DataFrame, figures: dict[tuple[str, str, str], list[ModelFigures]], *, source: str) -> str:
+    parts = []
+    for label, part in sections(table):
         failed = [f"{row['model']} {line}" for row in part.iter_rows(named=True) for line in (row["errors"] or "").splitlines()]
-        sections.append(
-            f"<h2>{_e(dataset)}</h2>"
-            f'<p class="meta">Rows: the best trial of each model by {_e(part["metric"][0])} (selection never looks at '
-            f"test); acc = its test accuracy; seeds = that configuration re-trained with {seeds} fresh seeds, test "
-            f"metrics as mean ± sd; p vs top = paired t-test over the seeds against the first row.</p>"
+        parts.append(
+            f"<h2>{_e(label)}</h2>"
+            f'<p class="meta">{_e(section_caption(part))}</p>'
             + leaderboard_html(part)
             + (f'<h4>Failed trials ({len(failed)})</h4><pre class="errors">{_e(chr(10).join(failed))}</pre>' if failed else "")
-            + "".join(_model_section(row, figures.get((dataset, row["model"]), [ModelFigures(dataset, row["model"], None)]))
+            + "".join(_model_section(row, figures.get(figure_key(row), [ModelFigures(label, row["model"], None)]))
                       for row in part.iter_rows(named=True))
         )
-    if not sections:
-        sections.append('<p class="note">No sweeps in this tracking store yet: run <code>omicsweep sweep</code>.</p>')
+    if not parts:
+        parts.append('<p class="note">No sweeps in this tracking store yet: run <code>omicsweep sweep</code>.</p>')
+    return _page("omicsweep report", source, "\n".join(parts) + summary_html(table))
+
+
+def _page(title: str, source: str, body: str) -> str:
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
     return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>omicsweep report</title>'
-        f"<style>{STYLE}</style></head><body><h1>omicsweep report</h1>"
-        f'<p class="meta">Tracking store {_e(source)}; generated {stamp}.</p>' + "\n".join(sections) + "</body></html>\n"
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
+        f"<style>{STYLE}</style></head><body><h1>{_e(title)}</h1>"
+        f'<p class="meta">Tracking store {_e(source)}; generated {stamp}.</p>' + body + "</body></html>\n"
     )
 
 

@@ -1,25 +1,37 @@
-"""The leaderboard: a polars table read back from MLflow, one row per (dataset, model).
+"""The leaderboard: a polars table read back from MLflow, one section per comparable set of runs.
 
-Each row is the best finished trial by its validation metric (selection never looks at test), with that
-trial's test metrics; the same configuration's test metrics over its seed re-runs as mean and sd; a paired
-test (seeds matched) of the row against the dataset's top row; trials finished and failed (with their errors);
-and resources: the sweeps' wall time, CPU seconds and peak memory of all its trials.
+A section is one (dataset name, store fingerprint, selection metric): runs on another store (another split of a
+built-in dataset, or another store under the same folder name) or selected by another metric are never pooled
+or compared. Within a section a row is one (model, kind, training setup): a `train` run is a row apart from a
+sweep of the same model, and so is a sweep trained another way (DDP, DeepSpeed, GPUs).
+
+Each row is the best finished trial by the best validation value (selection never looks at test) with that
+trial's test metrics and a 95% Wilson interval of its test accuracy; the same configuration's test metrics over
+its seed re-runs (mean, sd, 95% t interval), shown only when the re-runs trained as the trial did; McNemar's
+exact test of each row against the section's top row on the test cells (the best trials and the shared re-run
+seeds pooled), Holm-corrected across the section; the selection metric's test value scaled between the best
+negative control and a perfect score; trials finished and failed (with their errors); resources.
 """
 
 from __future__ import annotations
 
-import math
-import warnings
+import tempfile
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from omicsweep.benchmark.reruns import RERUN_OF_TAG, RERUN_ROLE
+from omicsweep.reports import stats
 from omicsweep.reports.tracking import (
-    DATASET_TAG, DEGENERATE_METRIC, ERROR_TAG, METRIC_TAG, MODEL_TAG, ROLE_TAG, SEED_TAG, TRIAL_ID_TAG, _client,
+    DATASET_TAG, DEGENERATE_METRIC, ERROR_TAG, FINGERPRINT_TAG, METRIC_TAG, MODEL_TAG, PARENT_TAG, ROLE_TAG,
+    SEED_TAG, TRIAL_ID_TAG, _client,
 )
 
+TRAINING_SETUP_TAG = "omicsweep.training_setup"
+COMMAND_TAG = "omicsweep.command"
+PREDICTION_FILES = ("checkpoint/test_predictions.npz", "predictions/test_predictions.npz")
 TEST_COLUMNS = (
     "test_accuracy",
     "test_macro_f1",
@@ -30,15 +42,26 @@ TEST_COLUMNS = (
 )
 SEED_COLUMNS = ("test_accuracy", "test_macro_f1")  # reported as mean and sd over the seed re-runs
 SCHEMA = {
-    "dataset": pl.String, "model": pl.String, "role": pl.String, "metric": pl.String, "best_val": pl.Float64,
+    "section": pl.String, "dataset": pl.String, "fingerprint": pl.String, "metric": pl.String,
+    "split_seeds": pl.String, "sweep_run_ids": pl.String, "experiment_id": pl.String,
+    "model": pl.String, "kind": pl.String, "role": pl.String, "training_setup": pl.String, "best_val": pl.Float64,
     **{c: pl.Float64 for c in TEST_COLUMNS},
+    "test_selected": pl.Float64, "n_test": pl.Int64, "test_accuracy_ci_low": pl.Float64,
+    "test_accuracy_ci_high": pl.Float64,
     **{f"{c}_{s}": pl.Float64 for c in SEED_COLUMNS for s in ("mean", "sd")},
-    "seeds": pl.Int64, "seed_values": pl.String, "p_vs_top": pl.Float64, "test_vs_top": pl.String,
+    "test_accuracy_seeds_ci_low": pl.Float64, "test_accuracy_seeds_ci_high": pl.Float64,
+    "seeds": pl.Int64, "seed_values": pl.String, "seed_note": pl.String,
+    "p_vs_top": pl.Float64, "p_vs_top_raw": pl.Float64, "test_vs_top": pl.String,
+    "scaled_score": pl.Float64, "rank": pl.Int64,
     "trials_finished": pl.Int64, "trials_failed": pl.Int64, "errors": pl.String,
     "wall_time_s": pl.Float64, "cpu_s": pl.Float64, "peak_rss_mb": pl.Float64,
     "best_run_id": pl.String, "best_params": pl.String,
     # the collapse check (benchmark.metrics.prediction_collapse): the best trial's flag, flagged trials of the row
     "degenerate": pl.Boolean, "test_pred_top_share": pl.Float64, "degenerate_trials": pl.Int64,
+}
+SUMMARY_SCHEMA = {
+    "model": pl.String, "kind": pl.String, "role": pl.String, "mean_scaled_score": pl.Float64,
+    "mean_rank": pl.Float64, "datasets": pl.Int64, "datasets_failed": pl.Int64, "sections": pl.String,
 }
 
 
@@ -67,17 +90,15 @@ def _role_of(model: str) -> str:
         return "unknown"
 
 
-def _key(run) -> tuple[str, str]:
-    return run.data.tags.get(DATASET_TAG, "?"), run.data.tags.get(MODEL_TAG, "?")
+def _section_key(run) -> tuple[str, str, str]:
+    tags = run.data.tags
+    return tags.get(DATASET_TAG, "?"), tags.get(FINGERPRINT_TAG, "?"), tags.get(METRIC_TAG, "?")
 
 
-def _seed_scores(reruns: list, metric: str) -> dict[int, float]:
-    """seed -> final test metric of each finished re-run."""
-    scores = {}
-    for run in reruns:
-        if run.info.status == "FINISHED" and metric in run.data.metrics:
-            scores[int(run.data.tags.get(SEED_TAG, -1))] = float(run.data.metrics[metric])
-    return scores
+def _row_key(run) -> tuple[str, str, str]:
+    tags = run.data.tags
+    kind = "train" if tags.get(COMMAND_TAG) == "train" else "sweep"
+    return tags.get(MODEL_TAG, "?"), kind, tags.get(TRAINING_SETUP_TAG, "")
 
 
 def _mean_sd(values: list[float]) -> tuple[float | None, float | None]:
@@ -86,54 +107,192 @@ def _mean_sd(values: list[float]) -> tuple[float | None, float | None]:
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else None
 
 
-def paired_p_value(top: dict[int, float], other: dict[int, float]) -> float | None:
-    """Two-sided paired t-test over the seeds both rows share (None when fewer than 2 pairs)."""
-    from scipy.stats import ttest_rel
+def load_predictions(client, run) -> stats.Predictions | None:
+    """A run's saved test predictions (labels, predicted class per test cell), or None when it logged none."""
+    with tempfile.TemporaryDirectory(prefix="omicsweep-board-") as tmp:
+        for name in PREDICTION_FILES:
+            folder, file = name.split("/")
+            try:
+                if not any(a.path.endswith(file) for a in client.list_artifacts(run.info.run_id, folder)):
+                    continue
+                path = client.download_artifacts(run.info.run_id, name, tmp)
+                with np.load(path, allow_pickle=False) as arrays:
+                    y, proba = np.asarray(arrays["y_true"], dtype=np.int64), np.asarray(arrays["proba"])
+            except (OSError, KeyError, ValueError, Exception):  # an unreadable artifact: no predictions
+                continue
+            return stats.Predictions(y, np.argmax(proba, axis=1) if proba.ndim == 2 else proba.astype(np.int64))
+    return None
 
-    seeds = sorted(set(top) & set(other))
-    if len(seeds) < 2:
-        return None
-    a, b = np.array([top[s] for s in seeds]), np.array([other[s] for s in seeds])
-    if np.array_equal(a, b):
-        return 1.0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # nearly identical seeds: scipy warns of precision loss
-        p = float(ttest_rel(a, b).pvalue)
-    return p if math.isfinite(p) else 0.0  # constant non-zero difference: t is infinite
+
+class _Row:
+    """The runs of one leaderboard row and what is derived from them."""
+
+    def __init__(self, section: tuple[str, str, str], key: tuple[str, str, str]) -> None:
+        self.section, (self.model, self.kind, self.setup) = section, key
+        self.trials: list = []
+        self.reruns: list = []
+        self.sweeps: list = []
+        self.best = None
+        self.predictions: dict[int, stats.Predictions] = {}  # seed -> test predictions (best trial + re-runs)
+
+    def select(self) -> None:
+        finished = [r for r in self.trials if r.info.status == "FINISHED" and "best_val" in r.data.metrics]
+        # ties broken by trial id, as the sweep's `best_trial` does when it picks the configuration to re-run
+        self.best = max(finished, key=lambda r: (r.data.metrics["best_val"], r.data.tags.get(TRIAL_ID_TAG, "")),
+                        default=None)
+        self.finished = finished
+        if self.best is None:
+            self.reruns = []
+            return
+        trial_id = self.best.data.tags.get(TRIAL_ID_TAG)
+        parent = self.best.data.tags.get(PARENT_TAG)
+        self.reruns = [r for r in self.reruns if r.data.tags.get(RERUN_OF_TAG) == trial_id
+                       and r.data.tags.get(PARENT_TAG, parent) == parent]
+
+    def comparable_reruns(self) -> tuple[list, str | None]:
+        """The finished re-runs trained as the best trial was; and a note when some were not."""
+        setup = self.best.data.tags.get(TRAINING_SETUP_TAG, "") if self.best else ""
+        done = [r for r in self.reruns if r.info.status == "FINISHED"]
+        same = [r for r in done if r.data.tags.get(TRAINING_SETUP_TAG, setup) == setup]
+        if len(same) < len(done):
+            other = sorted({r.data.tags.get(TRAINING_SETUP_TAG, "?") for r in done} - {setup})
+            return same, f"{len(done) - len(same)} re-run(s) trained as {', '.join(other)}, not as the trial " \
+                         f"({setup or '?'}): left out"
+        return same, None
 
 
-def _row(dataset: str, model: str, runs: list, reruns: list, sweeps: list) -> dict:
-    finished = [r for r in runs if r.info.status == "FINISHED" and "best_val" in r.data.metrics]
-    failed = [r for r in runs if r.info.status == "FAILED"]
-    # ties broken by trial id, as the sweep's `best_trial` does when it picks the configuration to re-run
-    best = max(finished, key=lambda r: (r.data.metrics["best_val"], r.data.tags.get(TRIAL_ID_TAG, "")), default=None)
-    if best is not None:  # only the re-runs of this best configuration
-        reruns = [r for r in reruns if r.data.tags.get(RERUN_OF_TAG) == best.data.tags.get(TRIAL_ID_TAG)]
+def build_leaderboard(tracking_uri: str) -> pl.DataFrame:
+    client = _client(tracking_uri)
+    sweeps = {run.info.run_id: run for run in _all_runs(client, "sweep")}
+    rows: dict[tuple, _Row] = {}
+
+    def row_of(run) -> _Row:  # trials and re-runs belong to their sweep's row (a re-run's own setup may differ)
+        owner = sweeps.get(run.data.tags.get(PARENT_TAG, ""), run)
+        section, key = _section_key(owner), _row_key(owner)
+        return rows.setdefault((section, key), _Row(section, key))
+
+    for run in _all_runs(client, "trial"):
+        row_of(run).trials.append(run)
+    for run in _all_runs(client, RERUN_ROLE):
+        row_of(run).reruns.append(run)
+    for run in sweeps.values():
+        row_of(run).sweeps.append(run)
+    sections: dict[tuple, list[_Row]] = defaultdict(list)
+    for (section, _), row in sorted(rows.items()):
+        if row.trials:
+            row.select()
+            sections[section].append(row)
+    labels = _section_labels(list(sections))
+    records = []
+    for section, members in sections.items():
+        records.extend(_section_records(client, labels[section], section, members))
+    table = pl.DataFrame(records, schema=SCHEMA) if records else pl.DataFrame(schema=SCHEMA)
+    return table
+
+
+def _section_labels(sections: list[tuple[str, str, str]]) -> dict[tuple, str]:
+    """'pbmc68k' alone; with the store and metric named when a dataset name has more than one section."""
+    by_name: dict[str, list] = defaultdict(list)
+    for section in sections:
+        by_name[section[0]].append(section)
+    labels = {}
+    for name, group in by_name.items():
+        fingerprints = {s[1] for s in group}
+        for dataset, fingerprint, metric in group:
+            parts = [f"store {fingerprint[:12]}"] if len(fingerprints) > 1 else []
+            if len({s[2] for s in group if s[1] == fingerprint}) > 1:
+                parts.append(f"selected by {metric}")
+            labels[(dataset, fingerprint, metric)] = f"{dataset} ({', '.join(parts)})" if parts else dataset
+    return labels
+
+
+def _section_records(client, label: str, section: tuple[str, str, str], members: list[_Row]) -> list[dict]:
+    dataset, fingerprint, metric = section
+    test_metric = "test_" + metric.removeprefix("val_")
+    for row in members:
+        if row.best is not None:
+            found = load_predictions(client, row.best)
+            if found is not None:
+                row.predictions[int(row.best.data.tags.get(SEED_TAG, -1))] = found
+            for rerun in row.comparable_reruns()[0]:
+                found = load_predictions(client, rerun)
+                if found is not None:
+                    row.predictions[int(rerun.data.tags.get(SEED_TAG, -1))] = found
+    members.sort(key=lambda r: (r.best is None, -(r.best.data.metrics["best_val"] if r.best else 0), r.model, r.kind))
+    top = members[0]
+    tests = [None if row is top or row.best is None else _paired(top, row) for row in members]
+    corrected = stats.holm([t.p_value if t else None for t in tests])
+    controls = [row.best.data.metrics.get(test_metric) for row in members
+                if row.best is not None and _role_of(row.model) == "control"]
+    controls = [c for c in controls if c is not None]
+    best_control = max(controls) if controls else None
+    values = [row.best.data.metrics.get(test_metric) if row.best else None for row in members]
+    ranks = _ranks(values)
+    split_seeds = sorted({s.data.tags.get(SEED_TAG, "?") for row in members for s in row.sweeps})
+    records = []
+    for row, test, p, value, rank in zip(members, tests, corrected, values, ranks):
+        record = _record(row, test_metric)
+        record.update({
+            "section": label, "dataset": dataset, "fingerprint": fingerprint, "metric": metric,
+            "split_seeds": ",".join(split_seeds),
+            "experiment_id": (row.best or row.trials[0]).info.experiment_id,
+            "p_vs_top": p, "p_vs_top_raw": test.p_value if test else None,
+            "test_vs_top": f"vs {top.model}: {test.note}" if test else None,
+            "scaled_score": stats.scaled_score(value, best_control), "rank": rank,
+        })
+        records.append(record)
+    return records
+
+
+def _paired(top: _Row, row: _Row) -> stats.PairedTest:
+    seeds = sorted(set(top.predictions) & set(row.predictions))
+    return stats.mcnemar_test([(top.predictions[s], row.predictions[s]) for s in seeds])
+
+
+def _ranks(values: list[float | None]) -> list[int | None]:
+    """1 = the highest test value of the selection metric in the section; ties share the better rank."""
+    present = sorted({v for v in values if v is not None}, reverse=True)
+    return [None if v is None else 1 + sum(1 for u in values if u is not None and u > v) for v in values]
+
+
+def _record(row: _Row, test_metric: str) -> dict:
+    best = row.best
+    reruns, seed_note = row.comparable_reruns() if best else ([], None)
     seed_stats = {}
     for column in SEED_COLUMNS:
-        mean, sd = _mean_sd(list(_seed_scores(reruns, column).values()))
-        seed_stats[f"{column}_mean"], seed_stats[f"{column}_sd"] = mean, sd
-    seeds = sorted(_seed_scores(reruns, "test_accuracy"))
-    every = runs + reruns
+        scores = [float(r.data.metrics[column]) for r in reruns if column in r.data.metrics]
+        seed_stats[f"{column}_mean"], seed_stats[f"{column}_sd"] = _mean_sd(scores)
+    seed_acc = {int(r.data.tags.get(SEED_TAG, -1)): float(r.data.metrics["test_accuracy"])
+                for r in reruns if "test_accuracy" in r.data.metrics}
+    seeds_ci = stats.mean_interval(list(seed_acc.values()))
+    own = row.predictions.get(int(best.data.tags.get(SEED_TAG, -1))) if best else None
+    acc_ci = stats.wilson_interval(int(own.correct.sum()), len(own.y_true)) if own is not None else None
+    failed = [r for r in row.trials if r.info.status == "FAILED"]
+    every = row.trials + row.reruns
     cpu = [r.data.metrics["cpu_s"] for r in every if "cpu_s" in r.data.metrics]
     peak = [r.data.metrics["peak_rss_mb"] for r in every if "peak_rss_mb" in r.data.metrics]
     wall = [float(s.data.metrics["wall_time_s"]) + float(s.data.metrics.get("rerun_wall_s", 0.0))
-            for s in sweeps if "wall_time_s" in s.data.metrics]
+            for s in row.sweeps if "wall_time_s" in s.data.metrics]
     return {
-        "dataset": dataset, "model": model, "role": _role_of(model),
-        "metric": runs[0].data.tags.get(METRIC_TAG, ""),
+        "sweep_run_ids": ",".join(sorted(s.info.run_id for s in row.sweeps)),
+        "model": row.model, "kind": row.kind, "role": _role_of(row.model), "training_setup": row.setup or None,
         "best_val": best.data.metrics["best_val"] if best else None,
         **{c: (best.data.metrics.get(c) if best else None) for c in TEST_COLUMNS},
-        **seed_stats, "seeds": len(seeds), "seed_values": ",".join(map(str, seeds)),
-        "p_vs_top": None, "test_vs_top": None,
-        "trials_finished": len(finished), "trials_failed": len(failed),
+        "test_selected": best.data.metrics.get(test_metric) if best else None,
+        "n_test": len(own.y_true) if own is not None else None,
+        "test_accuracy_ci_low": acc_ci[0] if acc_ci else None, "test_accuracy_ci_high": acc_ci[1] if acc_ci else None,
+        **seed_stats,
+        "test_accuracy_seeds_ci_low": seeds_ci[0] if seeds_ci else None,
+        "test_accuracy_seeds_ci_high": seeds_ci[1] if seeds_ci else None,
+        "seeds": len(seed_acc), "seed_values": ",".join(map(str, sorted(seed_acc))), "seed_note": seed_note,
+        "trials_finished": len(row.finished), "trials_failed": len(failed),
         "errors": "\n".join(f"{r.info.run_name}: {r.data.tags.get(ERROR_TAG, 'failed')}" for r in failed) or None,
         "wall_time_s": sum(wall) if wall else None, "cpu_s": sum(cpu) if cpu else None,
         "peak_rss_mb": max(peak) if peak else None,
         "best_run_id": best.info.run_id if best else None,
         "best_params": _params_text(best) if best else None,
-        **_collapse(best, finished),
-    }, _seed_scores(reruns, "test_accuracy")
+        **_collapse(best, row.finished),
+    }
 
 
 def _collapse(best, finished: list) -> dict:
@@ -147,38 +306,25 @@ def _collapse(best, finished: list) -> dict:
     }
 
 
-def build_leaderboard(tracking_uri: str) -> pl.DataFrame:
-    client = _client(tracking_uri)
-    groups: dict[tuple[str, str], dict[str, list]] = {}
-    for role in ("trial", RERUN_ROLE, "sweep"):
-        for run in _all_runs(client, role):
-            groups.setdefault(_key(run), {"trial": [], RERUN_ROLE: [], "sweep": []})[role].append(run)
-    rows, scores = [], {}
-    for (dataset, model), parts in sorted(groups.items()):
-        if not parts["trial"]:
-            continue
-        row, scores[(dataset, model)] = _row(dataset, model, parts["trial"], parts[RERUN_ROLE], parts["sweep"])
-        rows.append(row)
-    table = pl.DataFrame(rows, schema=SCHEMA) if rows else pl.DataFrame(schema=SCHEMA)
-    table = table.sort(["dataset", "best_val"], descending=[False, True], nulls_last=True)
-    return _add_paired_tests(table, scores)
-
-
-def _add_paired_tests(table: pl.DataFrame, scores: dict) -> pl.DataFrame:
-    """p-value of each row's seed test accuracies against the dataset's top row (paired by seed)."""
-    p_values, against = [], []
-    top_of: dict[str, str] = {}
+def summarize(table: pl.DataFrame) -> pl.DataFrame:
+    """Across sections: each (model, kind)'s mean scaled score and mean rank, sections run and sections failed."""
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for row in table.iter_rows(named=True):
-        top = top_of.setdefault(row["dataset"], row["model"])
-        if top == row["model"]:
-            p_values.append(None)
-            against.append(None)
-            continue
-        p_values.append(paired_p_value(scores.get((row["dataset"], top), {}), scores.get((row["dataset"], row["model"]), {})))
-        against.append(f"{top} (paired t-test on test accuracy over seeds)")
-    return table.with_columns(
-        pl.Series("p_vs_top", p_values, dtype=pl.Float64), pl.Series("test_vs_top", against, dtype=pl.String)
-    )
+        groups[(row["model"], row["kind"])].append(row)
+    records = []
+    for (model, kind), rows in groups.items():
+        ran = [r for r in rows if r["trials_finished"]]
+        scaled = [r["scaled_score"] for r in ran if r["scaled_score"] is not None]
+        ranks = [r["rank"] for r in ran if r["rank"] is not None]
+        records.append({
+            "model": model, "kind": kind, "role": rows[0]["role"],
+            "mean_scaled_score": float(np.mean(scaled)) if scaled else None,
+            "mean_rank": float(np.mean(ranks)) if ranks else None,
+            "datasets": len(ran), "datasets_failed": len(rows) - len(ran),
+            "sections": "; ".join(sorted({r["section"] for r in rows})),
+        })
+    summary = pl.DataFrame(records, schema=SUMMARY_SCHEMA) if records else pl.DataFrame(schema=SUMMARY_SCHEMA)
+    return summary.sort(["mean_scaled_score", "mean_rank"], descending=[True, False], nulls_last=True)
 
 
 def _params_text(run) -> str:
@@ -187,74 +333,29 @@ def _params_text(run) -> str:
 
 
 def write_leaderboard(table: pl.DataFrame, folder: Path) -> tuple[Path, Path]:
+    """leaderboard.csv and .parquet (and summary.csv across sections), each written atomically."""
+    from omicsweep.reports.board_files import atomic_table
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     csv, parquet = folder / "leaderboard.csv", folder / "leaderboard.parquet"
-    table.write_csv(csv)
-    table.write_parquet(parquet)
+    atomic_table(table, csv, "csv")
+    atomic_table(table, parquet, "parquet")
+    atomic_table(summarize(table), folder / "leaderboard-summary.csv", "csv")
     return csv, parquet
 
 
-DISPLAY_COLUMNS = ("model", "role", "val", "acc", "bal acc", "collapsed", "acc seeds", "F1 seeds", "p vs top", "AUROC",
-                   "AUPRC", "rank5",
-                   "ok", "failed", "wall s", "CPU s", "peak MB")
+from omicsweep.reports.leaderboard_view import DISPLAY_COLUMNS, display_rows, render_leaderboard  # noqa: E402,F401
 
 
-def display_rows(part: pl.DataFrame) -> list[list[str]]:
-    """The leaderboard's cells as text, as the CLI and the HTML report show them."""
-    rows = []
-    for row in part.iter_rows(named=True):
-        rows.append([
-            row["model"], row["role"], _fmt(row["best_val"]), _fmt(row["test_accuracy"]),
-            _fmt(row["test_balanced_accuracy"]), _collapsed_text(row), _mean_sd_text(row, "test_accuracy"), _mean_sd_text(row, "test_macro_f1"), _p_text(row["p_vs_top"]),
-            _fmt(row["test_macro_auroc"]), _fmt(row["test_macro_auprc"]), _fmt(row["test_rank5_accuracy"]),
-            str(row["trials_finished"]), str(row["trials_failed"]), _fmt(row["wall_time_s"], ".0f"),
-            _fmt(row["cpu_s"], ".0f"), _fmt(row["peak_rss_mb"], ".0f"),
-        ])
-    return rows
+def refresh_leaderboard(tracking_uri: str, folder: Path | None, console=None) -> tuple[pl.DataFrame, tuple | None]:
+    """Build the leaderboard, print it (with a console), write its files into `folder` (when given) and publish
+    it to MLflow: what a finished sweep, `train`, `leaderboard` and `report` all do."""
+    from omicsweep.reports.board_mlflow import publish_leaderboard
 
-
-def render_leaderboard(table: pl.DataFrame, console) -> None:
-    """Print one rich table per dataset, then the failed trials with their errors."""
-    from rich.table import Table
-
-    for (dataset,), part in table.group_by(["dataset"], maintain_order=True):
-        metric = part["metric"][0] if len(part) else ""
-        seeds = max(part["seeds"].to_list() or [0])
-        shown = Table(title=f"Leaderboard: {dataset} (best trial by {metric}; acc = its test accuracy; "
-                            f"seeds = that configuration's test metrics over {seeds} fresh seeds, mean ± sd)")
-        for column in DISPLAY_COLUMNS:
-            shown.add_column(column, justify="left" if column in ("model", "role") else "right")
-        for cells in display_rows(part):
-            shown.add_row(*cells)
-        console.print(shown)
-        for row in part.iter_rows(named=True):
-            for line in (row["errors"] or "").splitlines():
-                console.print(f"  failed {row['model']} {line}", highlight=False, soft_wrap=True)
-            if row["degenerate"]:
-                console.print(f"  DEGENERATE {row['model']}: its best trial predicts one class for "
-                              f"{row['test_pred_top_share']:.1%} of the test samples", highlight=False, soft_wrap=True)
-
-
-def _collapsed_text(row: dict) -> str:
-    """'YES 3/4': the best trial predicts almost one class only, and 3 of 4 finished trials do; '-': not checked."""
-    if row["degenerate"] is None:
-        return "-"
-    return f"{'YES' if row['degenerate'] else 'no'} {row['degenerate_trials'] or 0}/{row['trials_finished']}"
-
-
-def _fmt(value, spec: str = ".3f") -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def _mean_sd_text(row: dict, column: str) -> str:
-    mean, sd = row[f"{column}_mean"], row[f"{column}_sd"]
-    if mean is None:
-        return "-"
-    return f"{mean:.3f}" if sd is None else f"{mean:.3f} ± {sd:.3f}"
-
-
-def _p_text(p) -> str:
-    if p is None:
-        return "-"
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
+    table = build_leaderboard(tracking_uri)
+    if console is not None:
+        render_leaderboard(table, console)
+    files = write_leaderboard(table, folder) if folder is not None else None
+    publish_leaderboard(tracking_uri, table)
+    return table, files
