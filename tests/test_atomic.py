@@ -181,3 +181,16 @@ def test_atomic_file_moves_a_finished_file_into_place_and_removes_a_failed_one(t
     assert pl.read_csv(tmp_path / "leaderboard.csv").equals(table)
     assert np.load(tmp_path / "arrays.npz")["x"].tolist() == [0, 1, 2]
     assert _hidden(tmp_path) == []
+
+
+def test_open_store_restores_a_store_left_aside_by_a_killed_writer(cli, tmp_path):
+    """A writer killed between its two renames leaves no store at `out`, the old one at a hidden backup: the
+    next reader puts it back."""
+    from omicsweep.datasets import open_store
+
+    out = tmp_path / "cells.zarr"
+    code, _, stderr = cli("ingest", _tiny_h5ad(tmp_path / "old.h5ad", 0), "--label-col", "cell_type", "--out", out)
+    assert code == 0, stderr
+    fingerprint = open_store(out).fingerprint
+    os.replace(out, out.parent / f".{out.name}.{atomic.BACKUP_TAG}-deadbeef")  # the state a kill leaves
+    assert open_store(out).fingerprint == fingerprint and out.is_dir() and not _hidden(tmp_path)

@@ -390,8 +390,11 @@ def open_store(location, *, fold: int | None = None, config: dict[str, Any] | No
                storage_options: dict[str, Any] | None = None):
     """The store at `location`, whatever its task: a cell `Store`, or a gene-pair `PairTaskStore` whose images
     follow the trial config's `bins` and `sigma`. Both offer what the trial, the fitters and the loader use."""
+    from omicsweep.atomic import recover_folder
     from omicsweep.datasets.pair_store import PairTaskStore, image_options, is_pair_store
 
+    if isinstance(location, (str, Path)) and "://" not in str(location) and not Path(location).exists():
+        recover_folder(location)  # a writer killed between its two renames left the complete old store aside
     if is_pair_store(location):
         return PairTaskStore(location, fold=fold, **image_options(config or {}))
     return Store(location, fold=fold, storage_options=storage_options)
