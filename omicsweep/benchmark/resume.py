@@ -53,14 +53,20 @@ class SweepHistory:
     def interrupted(self) -> list[PriorTrial]:
         return [t for t in self.trials if t.role == "trial" and t.status not in ("FINISHED", "FAILED")]
 
+    def evaluated(self, names: list[str], metric: str) -> list[tuple[dict[str, Any], float | None]]:
+        """(searched values, `metric`: best_val) of each done trial, for the resumed study; None for a failed one."""
+        return [(searched_params(t.config, names), t.metrics.get(metric) if t.status == "FINISHED" else None)
+                for t in self.done()]
+
     def reruns_done(self) -> set[int]:
         return {int(t.config.get("seed", -1)) for t in self.trials if t.role == "seed-rerun" and t.status == "FINISHED"}
 
 
 class HistoryOptunaSearch(OptunaSearch):
-    """OptunaSearch whose study starts with earlier trials: finished ones with their last reported value (as
-    Tune's OptunaSearch records a trial that completes, ASHA-stopped ones included), failed ones as FAIL;
-    interrupted configurations are enqueued so they are proposed first."""
+    """OptunaSearch whose study starts with earlier trials: finished ones with their best_val (the value Tune's
+    OptunaSearch tells a trial that completes, ASHA-stopped ones included: the metric of its last result, and
+    best_val there is the best so far), failed ones as FAIL; interrupted configurations are enqueued so they are
+    proposed first."""
 
     def __init__(self, *args, history: list[tuple[dict[str, Any], float | None]] = (),
                  requeue: list[dict[str, Any]] = (), **kwargs) -> None:

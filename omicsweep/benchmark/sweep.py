@@ -22,6 +22,7 @@ from omicsweep.datasets.remote import canonical_location
 from omicsweep.benchmark.sweep_tracking import (  # noqa: F401 - re-exported: reports and the CLI import them here
     CHECKPOINT_ARTIFACTS,
     CONFIG_TAG,
+    SEARCH_METRIC,
     STORE_TAG,
     THREADS_TAG,
     NullProgress,
@@ -149,9 +150,19 @@ def _trainable(request: SweepRequest, context: TrialContext):
     return tune.with_resources(tune.with_parameters(run_trial, context=context), resources)
 
 
+def searcher_settings(request: SweepRequest, *, n_restored: int = 0) -> dict[str, Any]:
+    """The searcher and its settings (recorded on the sweep's parent run). TPE is seeded from the sweep seed;
+    with concurrent trials it treats the running ones as bad (constant liar, optuna #4714), so parallel workers
+    do not propose the same point. Off for one trial at a time, where nothing is running when TPE proposes."""
+    if not request.space.dimensions:
+        return {"searcher": "none"}
+    return {"searcher": "optuna", "searcher.sampler": "TPESampler", "searcher.metric": SEARCH_METRIC,
+            "searcher.seed": sampler_seed(request.seed, n_restored), "searcher.constant_liar": request.concurrency > 1}
+
+
 def _search_alg(request: SweepRequest, dims: dict[str, Any], history: SweepHistory | None):
-    """TPE seeded from the sweep seed (ConcurrencyLimiter keeps proposals in a fixed order per seed), starting
-    from a resumed sweep's history."""
+    """TPE (see `searcher_settings`) starting from a resumed sweep's history, each trial told its best_val;
+    ConcurrencyLimiter keeps proposals in a fixed order per seed."""
     from optuna.samplers import TPESampler
     from ray.tune.search import ConcurrencyLimiter
 
@@ -159,13 +170,32 @@ def _search_alg(request: SweepRequest, dims: dict[str, Any], history: SweepHisto
 
     if not dims:
         return None
-    names, metric = list(dims), f"val_{request.metric}"
-    done = history.done() if history else []
-    past = [(searched_params(t.config, names), t.metrics.get(metric) if t.status == "FINISHED" else None) for t in done]
+    names = list(dims)
+    past = history.evaluated(names, SEARCH_METRIC) if history else []
     requeue = [searched_params(t.config, names) for t in (history.interrupted() if history else [])]
-    searcher = HistoryOptunaSearch(sampler=TPESampler(seed=sampler_seed(request.seed, len(past))), history=past,
-                                   requeue=requeue)
+    settings = searcher_settings(request, n_restored=len(past))
+    sampler = TPESampler(seed=settings["searcher.seed"], constant_liar=settings["searcher.constant_liar"])
+    searcher = HistoryOptunaSearch(sampler=sampler, metric=SEARCH_METRIC, mode="max", history=past, requeue=requeue)
     return ConcurrencyLimiter(searcher, request.concurrency)
+
+
+def tune_config(request: SweepRequest, context: TrialContext, dims: dict[str, Any], history: SweepHistory | None, *,
+                num_samples: int):
+    """How Tune runs the sweep. The searcher, ASHA and the sweep's best all rank trials by one number,
+    `best_val` (the best validation value so far, in every epoch's result), so an ASHA-stopped trial reaches
+    TPE with its best epoch, not its last."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    max_t = int(context.defaults.get("max_epochs", 1))
+    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max(1, max_t), grace_period=1, reduction_factor=3)
+    return tune.TuneConfig(
+        metric=SEARCH_METRIC, mode="max", search_alg=_search_alg(request, dims, history), scheduler=scheduler,
+        num_samples=num_samples, max_concurrent_trials=None if dims else request.concurrency,
+        # a finished trial's worker takes the next one (no per-trial process start); a distributed
+        # trial's Tune actor only waits on its Train run, so a fresh one is as cheap and cleaner
+        reuse_actors=not context.distributed,
+    )
 
 
 def sampler_seed(sweep_seed: int, n_restored: int) -> int:
@@ -196,6 +226,7 @@ def _open_sweep(request: SweepRequest, recorder: Recorder, context: TrialContext
                 "seed": request.seed, "space_file": str(request.space.path), "ray_experiment": name,
                 "workers_per_trial": context.workers, "gpus_per_trial": context.gpus,
                 "deepspeed": _json(context.deepspeed), "max_failures": request.max_failures,
+                **searcher_settings(request),
                 **{f"default.{k}": v for k, v in defaults.items()}},
         tags={
             "omicsweep.fingerprint": request.fingerprint,
@@ -214,7 +245,6 @@ def _open_sweep(request: SweepRequest, recorder: Recorder, context: TrialContext
 def run_sweep(request: SweepRequest, recorder: Recorder, *, progress=None) -> SweepOutcome:
     """Run one (dataset, model) sweep in the current Ray session; returns counts, timing and the best value."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     import optuna
 
@@ -230,16 +260,14 @@ def run_sweep(request: SweepRequest, recorder: Recorder, *, progress=None) -> Sw
     if request.max_epochs is not None:
         defaults["max_epochs"] = request.max_epochs
     context = _trial_context(request, defaults)
-    metric, dims = f"val_{request.metric}", request.space.to_tune()
-    max_t = int(defaults.get("max_epochs", 1))
-    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max(1, max_t), grace_period=1, reduction_factor=3)
+    dims = request.space.to_tune()
     dataset_files = tempfile.TemporaryDirectory(prefix="omicsweep-dataset-")
     write_dataset_files(request.store_path, Path(dataset_files.name))
     tracker = TrackingCallback(recorder, context, progress, dataset_files=dataset_files.name)
     name = f"{request.dataset}-{request.model}-{time.strftime('%Y%m%d-%H%M%S')}"
     history = _open_sweep(request, recorder, context, name)
     if history is not None:
-        tracker.restore(history.done(), metric)
+        tracker.restore(history.done())
     remaining = request.n_trials - (len(history.done()) if history else 0)
     started = time.time()
     status, wall, rerun_wall = "FAILED", None, None
@@ -248,13 +276,7 @@ def run_sweep(request: SweepRequest, recorder: Recorder, *, progress=None) -> Sw
             tune.Tuner(
                 _trainable(request, context),
                 param_space=dims,
-                tune_config=tune.TuneConfig(
-                    metric=metric, mode="max", search_alg=_search_alg(request, dims, history), scheduler=scheduler,
-                    num_samples=remaining, max_concurrent_trials=None if dims else request.concurrency,
-                    # a finished trial's worker takes the next one (no per-trial process start); a distributed
-                    # trial's Tune actor only waits on its Train run, so a fresh one is as cheap and cleaner
-                    reuse_actors=not context.distributed,
-                ),
+                tune_config=tune_config(request, context, dims, history, num_samples=remaining),
                 run_config=tune.RunConfig(
                     name=name + ("-resumed" if history else ""),
                     storage_path=sweep_storage(request),

@@ -17,8 +17,11 @@ from ray.tune import Callback
 
 from omicsweep.benchmark.trial import RESOURCE_KEYS, TrialContext, trial_config
 
+# what the searcher, ASHA, the sweep's best and a resumed study rank trials by: the best validation value so far,
+# reported with every epoch's result (benchmark/training.py)
+SEARCH_METRIC = "best_val"
 LOGGED_PREFIXES = ("train_", "val_", "test_")
-LOGGED_KEYS = ("epoch", "best_val", "epoch_time_s", "time_total_s", *RESOURCE_KEYS)
+LOGGED_KEYS = ("epoch", SEARCH_METRIC, "epoch_time_s", "time_total_s", *RESOURCE_KEYS)
 CONFIG_TAG = "omicsweep.config"  # the trial's full configuration as JSON: what `omicsweep reproduce` re-runs
 STORE_TAG = "omicsweep.store_path"
 THREADS_TAG = "omicsweep.threads"
@@ -64,7 +67,7 @@ class TrackingCallback(Callback):
     def __getstate__(self):
         return {k: v for k, v in self.__dict__.items() if k not in ("recorder", "progress")}
 
-    def restore(self, done: list, metric: str) -> None:
+    def restore(self, done: list) -> None:
         """Count the trials of an interrupted sweep that finished or failed before its driver died."""
         self.restored = len(done)
         for prior in done:
@@ -75,7 +78,7 @@ class TrackingCallback(Callback):
             self.finished += 1
             self.completed.append(prior.trial_id)
             self.last[prior.trial_id] = dict(prior.metrics)
-            value = prior.metrics.get("best_val")
+            value = prior.metrics.get(SEARCH_METRIC)
             if value is not None and (self.best is None or value > self.best):
                 self.best = float(value)
 
@@ -108,7 +111,7 @@ class TrackingCallback(Callback):
         if result.get("checkpoint_path"):  # a Ray Train trial: its checkpoint lives in Train's storage
             self.checkpoint_paths[trial.trial_id] = str(result["checkpoint_path"])
         self.recorder.log_result(trial.trial_id, metrics, step=int(result.get("training_iteration", 0)))
-        value = result.get("best_val")
+        value = result.get(SEARCH_METRIC)
         if isinstance(value, (int, float)) and (self.best is None or value > self.best):
             self.best = float(value)
         self.progress.update(self)
