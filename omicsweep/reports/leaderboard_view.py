@@ -7,6 +7,8 @@ import polars as pl
 
 DISPLAY_COLUMNS = ("model", "role", "setup", "val", "test [95% CI]", "scaled", "rank", "bal acc", "collapsed",
                    "acc seeds", "F1 seeds", "p vs top (Holm)", "AUROC", "ok", "failed", "wall s", "CPU s", "peak MB")
+# what a person decides by, fitting a 100-column terminal; the rest with --wide (and always in CSV/Parquet/HTML)
+NARROW_COLUMNS = ("model", "role", "test [95% CI]", "scaled", "acc seeds", "p vs top (Holm)", "ok", "failed")
 SUMMARY_COLUMNS = ("model", "role", "mean scaled score", "mean rank", "datasets", "failed on")
 
 
@@ -14,8 +16,13 @@ def _name(row: dict) -> str:
     return row["model"] if row["kind"] == "sweep" else f"{row['model']} ({row['kind']})"
 
 
-def display_rows(part: pl.DataFrame) -> list[list[str]]:
-    """The leaderboard's cells as text, as the CLI and the HTML report show them."""
+def display_rows(part: pl.DataFrame, columns: tuple[str, ...] = DISPLAY_COLUMNS) -> list[list[str]]:
+    """The leaderboard's cells as text, as the CLI and the HTML report show them (`columns`: which of them)."""
+    index = [DISPLAY_COLUMNS.index(c) for c in columns]
+    return [[cells[i] for i in index] for cells in _all_cells(part)]
+
+
+def _all_cells(part: pl.DataFrame) -> list[list[str]]:
     rows = []
     for row in part.iter_rows(named=True):
         rows.append([
@@ -56,7 +63,7 @@ def sections(table: pl.DataFrame):
     return [(label, part) for (label,), part in table.group_by(["section"], maintain_order=True)]
 
 
-def render_leaderboard(table: pl.DataFrame, console) -> None:
+def render_leaderboard(table: pl.DataFrame, console, *, wide: bool = False) -> None:
     """Print one rich table per section, its failures and notes, then the summary across datasets."""
     from rich.table import Table
 
@@ -64,9 +71,10 @@ def render_leaderboard(table: pl.DataFrame, console) -> None:
 
     for _, part in sections(table):
         shown = Table(title=section_title(part), caption=section_caption(part))
-        for column in DISPLAY_COLUMNS:
+        columns = DISPLAY_COLUMNS if wide else NARROW_COLUMNS
+        for column in columns:
             shown.add_column(column, justify="left" if column in ("model", "role", "setup") else "right")
-        for cells in display_rows(part):
+        for cells in display_rows(part, columns):
             shown.add_row(*cells)
         console.print(shown)
         for row in part.iter_rows(named=True):
