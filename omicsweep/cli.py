@@ -401,7 +401,7 @@ def _run_sweeps(options: dict, *, resuming: bool) -> None:
     from omicsweep.benchmark.sweep import SweepRequest, ray_session, run_sweep
     from omicsweep.datasets import open_store, resolve_dataset
     from omicsweep.models import models_for_task
-    from omicsweep.reports.leaderboard import refresh_leaderboard
+    from omicsweep.reports.board_mlflow import refresh_leaderboard
     from omicsweep.reports.tracking import MlflowRecorder, default_tracking_uri
 
     dataset, model, trials, concurrency, seed, metric, space, max_epochs, out, tracking_uri, address = (
@@ -507,7 +507,7 @@ def train(
     from omicsweep.benchmark.training import check_config, config_keys
     from omicsweep.datasets import open_store, resolve_dataset
     from omicsweep.models import get_model, models_for_task
-    from omicsweep.reports.leaderboard import refresh_leaderboard
+    from omicsweep.reports.board_mlflow import refresh_leaderboard
     from omicsweep.reports.tracking import MlflowRecorder, default_tracking_uri
 
     # validate everything before the run folder exists
@@ -565,7 +565,7 @@ def leaderboard(
     """Print the leaderboard from a tracking store (one section per store and selection metric, then the summary
     across datasets), write it as CSV and Parquet, and refresh its copy in MLflow."""
     from omicsweep.errors import InputError
-    from omicsweep.reports.leaderboard import refresh_leaderboard
+    from omicsweep.reports.board_mlflow import refresh_leaderboard
     from omicsweep.reports.tracking import default_tracking_uri
 
     if tracking_uri is None and not (out / "mlflow.db").exists():
@@ -716,7 +716,7 @@ def report(
     from omicsweep.reports.figures import collect_figures
     from omicsweep.reports.html import report_html, write_report
     from omicsweep.reports.board_mlflow import publish_report
-    from omicsweep.reports.leaderboard import refresh_leaderboard
+    from omicsweep.reports.board_mlflow import refresh_leaderboard
 
     uri = _tracking_store(runs, tracking_uri)
     table, _ = refresh_leaderboard(uri, None)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from omicsweep.reports import stats
-from omicsweep.reports.leaderboard import build_leaderboard, render_leaderboard, summarize, write_leaderboard
+from omicsweep.reports.leaderboard import build_leaderboard, summarize, write_leaderboard
+from omicsweep.reports.leaderboard_view import render_leaderboard
 from omicsweep.reports.tracking import MlflowRecorder, default_tracking_uri
 
 Y = np.array([0, 1] * 50)  # 100 test cells

@@ -64,3 +64,18 @@ def publish_report(tracking_uri: str, table: pl.DataFrame, report: Path) -> None
     client = _client(tracking_uri)
     for experiment_id in table["experiment_id"].unique(maintain_order=True).to_list():
         client.log_artifact(_board_run(client, experiment_id), str(report))
+
+
+def refresh_leaderboard(tracking_uri: str, folder: Path | None, console=None, *,
+                        wide: bool = False) -> tuple[pl.DataFrame, tuple | None]:
+    """Build the leaderboard, print it (with a console), write its files into `folder` (when given) and publish
+    it to MLflow: what a finished sweep, `train`, `leaderboard` and `report` all do."""
+    from omicsweep.reports.leaderboard import build_leaderboard, write_leaderboard
+    from omicsweep.reports.leaderboard_view import render_leaderboard
+
+    table = build_leaderboard(tracking_uri)
+    if console is not None:
+        render_leaderboard(table, console, wide=wide)
+    files = write_leaderboard(table, folder) if folder is not None else None
+    publish_leaderboard(tracking_uri, table)
+    return table, files

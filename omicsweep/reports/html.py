@@ -11,6 +11,7 @@ import polars as pl
 
 from omicsweep.atomic import atomic_write_text
 from omicsweep.reports.figures import ModelFigures, figure_key
+from omicsweep.reports.leaderboard import summarize
 from omicsweep.reports.leaderboard_view import (
     DISPLAY_COLUMNS, SUMMARY_COLUMNS, display_rows, section_caption, sections, summary_rows,
 )
@@ -53,8 +54,6 @@ def leaderboard_html(part: pl.DataFrame) -> str:
 
 def summary_html(table: pl.DataFrame) -> str:
     """The cross-dataset summary (mean scaled score, mean rank, datasets run and failed)."""
-    from omicsweep.reports.leaderboard import summarize
-
     summary = summarize(table)
     if not len(summary):
         return ""

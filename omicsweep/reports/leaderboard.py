@@ -344,19 +344,3 @@ def write_leaderboard(table: pl.DataFrame, folder: Path) -> tuple[Path, Path]:
     atomic_table(summarize(table), folder / "leaderboard-summary.csv", "csv")
     return csv, parquet
 
-
-from omicsweep.reports.leaderboard_view import DISPLAY_COLUMNS, display_rows, render_leaderboard  # noqa: E402,F401
-
-
-def refresh_leaderboard(tracking_uri: str, folder: Path | None, console=None, *,
-                        wide: bool = False) -> tuple[pl.DataFrame, tuple | None]:
-    """Build the leaderboard, print it (with a console), write its files into `folder` (when given) and publish
-    it to MLflow: what a finished sweep, `train`, `leaderboard` and `report` all do."""
-    from omicsweep.reports.board_mlflow import publish_leaderboard
-
-    table = build_leaderboard(tracking_uri)
-    if console is not None:
-        render_leaderboard(table, console, wide=wide)
-    files = write_leaderboard(table, folder) if folder is not None else None
-    publish_leaderboard(tracking_uri, table)
-    return table, files

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import polars as pl
 
+from omicsweep.reports.leaderboard import summarize
+
 DISPLAY_COLUMNS = ("model", "role", "setup", "val", "test [95% CI]", "scaled", "rank", "bal acc", "collapsed",
                    "acc seeds", "F1 seeds", "p vs top (Holm)", "AUROC", "ok", "failed", "wall s", "CPU s", "peak MB")
 # what a person decides by, fitting a 100-column terminal; the rest with --wide (and always in CSV/Parquet/HTML)
@@ -66,8 +68,6 @@ def sections(table: pl.DataFrame):
 def render_leaderboard(table: pl.DataFrame, console, *, wide: bool = False) -> None:
     """Print one rich table per section, its failures and notes, then the summary across datasets."""
     from rich.table import Table
-
-    from omicsweep.reports.leaderboard import summarize
 
     for _, part in sections(table):
         shown = Table(title=section_title(part), caption=section_caption(part))
