@@ -727,6 +727,12 @@ def report(
     console.print(f"wrote {written}: {len(table)} leaderboard rows, {n_figures} figures", highlight=False)
 
 
+from omicsweep.cli_corpus import corpus_app, gene2vec  # noqa: E402  (scBERT I: pretraining corpus, gene2vec)
+
+app.add_typer(corpus_app, name="corpus")
+app.command("gene2vec")(gene2vec)
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
 
