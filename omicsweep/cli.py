@@ -267,6 +267,8 @@ def datasets_synth(
     types: int = typer.Option(20, min=2, help="number of cell types"),
     seed: int = typer.Option(0, help="generator seed"),
     overwrite: bool = typer.Option(False, help="replace an existing store"),
+    vocab: Optional[Path] = typer.Option(None, "--vocab", help="a pretraining corpus on this gene vocabulary "
+                                         "(one symbol a line; sets --genes), split 95% train / 5% val"),
 ) -> None:
     """Write a synthetic count corpus with cell-type structure, chunk by chunk (memory bounded)."""
     from rich.progress import Progress
@@ -277,7 +279,8 @@ def datasets_synth(
     with Progress(console=err_console, transient=True) as progress:
         task = progress.add_task(f"writing {out}", total=cells)
         write_synthetic(out, cells=cells, genes=genes, nnz_per_cell=nnz, n_types=types, seed=seed,
-                        overwrite=overwrite, progress=lambda done: progress.update(task, completed=done))
+                        overwrite=overwrite, progress=lambda done: progress.update(task, completed=done), vocab=vocab,
+                        **({"fractions": (0.95, 0.05, 0.0)} if vocab is not None else {}))
     summary = Store(out).summary()
     console.print(f"wrote {out}: {summary['cells']} cells x {summary['genes']} genes, {len(summary['classes'])} types, "
                   f"{summary['fingerprint']}", highlight=False)

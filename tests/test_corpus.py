@@ -142,3 +142,16 @@ def test_read_gene2vec_rejects_wrong_dimension_and_format(tmp_path):
     words.write_text("CD3E a b\n")
     with pytest.raises(InputError, match="line 1 is not '<gene> <numbers>'"):
         read_gene2vec(words, ["CD3E"])
+
+
+def test_synth_writes_a_corpus_on_a_vocabulary(tmp_path, cli):
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(read_vocabulary(GENE2VEC_VOCAB)[:300]) + "\n")
+    out = tmp_path / "synth.zarr"
+    code, stdout, stderr = cli("datasets", "synth", "--out", out, "--cells", "400", "--nnz", "40", "--vocab", vocab)
+    assert code == 0, stderr
+    store = open_store(out)
+    assert store.genes().tolist() == read_vocabulary(vocab)
+    assert len(store.split_indices("test")) == 0 and len(store.split_indices("val")) == 20  # a corpus: train/val
+    assert store.provenance["vocabulary"] == str(vocab)
+    assert expression_tokens(store.read_rows(0, 4)).shape == (4, 301)

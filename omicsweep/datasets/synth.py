@@ -60,8 +60,19 @@ def write_synthetic(
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
     overwrite: bool = False,
     progress=None,
+    vocab: Path | None = None,
 ) -> str:
-    """Write a synthetic corpus; rows are grouped by split (train, val, test), types drawn independently."""
+    """Write a synthetic corpus; rows are grouped by split (train, val, test), types drawn independently.
+
+    vocab: a gene vocabulary file (one symbol a line, as `corpus build --vocab`); its genes name the columns and
+    set their number (overriding `genes`).
+    """
+    gene_names = None
+    if vocab is not None:
+        from omicsweep.datasets.corpus import read_vocabulary
+
+        gene_names = np.asarray(read_vocabulary(vocab))
+        genes = len(gene_names)
     if cells < 10 or genes < MARKERS_PER_TYPE or n_types < 2:
         raise ConfigError(f"synthetic corpus needs cells >= 10, genes >= {MARKERS_PER_TYPE}, types >= 2")
     if not 0 < nnz_per_cell < genes:
@@ -76,7 +87,8 @@ def write_synthetic(
     lookup = _inverse_cdf_table(popularity)
     markers = np.stack([rng.choice(genes, MARKERS_PER_TYPE, replace=False) for _ in range(n_types)])
     reads = int(nnz_per_cell * 1.15)  # a few genes are drawn twice; ~nnz_per_cell distinct genes per cell
-    gene_names = np.array([f"gene_{i:05d}" for i in range(genes)])
+    if gene_names is None:
+        gene_names = np.array([f"gene_{i:05d}" for i in range(genes)])
     with StoreWriter(out, genes=gene_names, nnz_per_row_hint=nnz_per_cell, overwrite=overwrite) as writer:
         for start in range(0, cells, BLOCK_ROWS):
             writer.append(_block(codes[start : start + BLOCK_ROWS], genes, reads, lookup, markers, rng))
@@ -98,5 +110,6 @@ def write_synthetic(
                 "preprocessing": [],
                 "split": {"method": "contiguous blocks of iid cells", "fractions": list(fractions), "seed": seed,
                           "names": list(SPLITS)},
+                **({"vocabulary": str(vocab)} if vocab is not None else {}),
             },
         )
