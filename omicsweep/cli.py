@@ -628,9 +628,11 @@ def reproduce(
 @app.command()
 @user_errors
 def predict(
-    input: Path = typer.Argument(..., help="cells to label: .h5ad or AnnData .zarr"),
+    input: Path = typer.Argument(..., help="what to label: cells (.h5ad or AnnData .zarr), or for a gene-pair model "
+                                 "a pair-task store (`omicsweep ingest-pairs`)"),
     run: str = typer.Option(..., "--run", help="MLflow run id of a trained trial (see the leaderboard's best_run_id)"),
-    out: Path = typer.Option(..., "--out", help="h5ad to write: INPUT plus prediction columns in obs (atomic)"),
+    out: Path = typer.Option(..., "--out", help="file to write (atomic): .h5ad = INPUT plus prediction columns in "
+                             "obs, .csv = one row per cell or gene pair"),
     runs: Path = typer.Option(DEFAULT_OUT, help="run folder holding the MLflow store"),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: SQLite in the run folder)"),
     layer: Optional[str] = typer.Option(None, help="use this layer instead of X"),
@@ -640,20 +642,34 @@ def predict(
     ),
     truth: Optional[str] = typer.Option(None, help="obs column of known labels: print the agreement"),
 ) -> None:
-    """Label cells with a trained model: genes aligned by name (missing ones zero), the training transform applied."""
+    """Label cells with a trained model: genes aligned by name (missing ones zero), the training transform applied.
+    A gene-pair model labels every pair of a pair-task store from its images, made as its trial made them."""
     import tempfile
 
+    import numpy as np
+
     from omicsweep.benchmark import predict as prediction
+    from omicsweep.datasets.pair_store import is_pair_store
     from omicsweep.errors import InputError
     from omicsweep.reports.tracking import download_checkpoint, read_trial_record
+    from omicsweep.tasks import GENE_PAIR_IMAGE
 
     uri = _tracking_store(runs, tracking_uri)
     record = read_trial_record(uri, run)
+    with tempfile.TemporaryDirectory(prefix="omicsweep-predict-") as tmp:
+        trained = prediction.load_trained_model(download_checkpoint(uri, run, Path(tmp)), record.model)
+    prediction.check_output(trained, out)
+    if trained.task.kind == GENE_PAIR_IMAGE:
+        store = prediction.read_pair_store(input, trained)
+        prediction.write_pair_predictions(store, prediction.predict_pairs(trained, store), out)
+        console.print(f"wrote {out}: {store.n_pairs} gene pairs labelled by {record.model} (run {run}; images "
+                      f"{store.bins}x{store.bins}, sigma {store.sigma:g})", highlight=False)
+        return
+    if is_pair_store(input):
+        raise InputError(f"{input}: is a gene-pair task store, but {record.model} labels cells; pass an h5ad")
     adata, matrix, genes, matrix_name = prediction.read_input(input, layer=layer, use_raw=raw)
     if truth is not None and truth not in adata.obs.columns:
         raise InputError(f"{input}: no obs column {truth!r} for --truth")
-    with tempfile.TemporaryDirectory(prefix="omicsweep-predict-") as tmp:
-        trained = prediction.load_trained_model(download_checkpoint(uri, run, Path(tmp)), record.model)
     if trained.value_kind is None and record.store_path and Path(record.store_path).exists():
         from omicsweep.datasets import Store
 
@@ -674,15 +690,15 @@ def predict(
         "genes_missing": aligned.missing, "normalization": how, "matrix": matrix_name,
     }
     prediction.write_predictions(adata, result, out, info=info)
-    counts = adata.obs["predicted_label"].value_counts()
+    labels, counts = np.unique(np.asarray(result.labels, dtype=str), return_counts=True)
     console.print(
         f"wrote {out}: {adata.n_obs} cells labelled by {record.model} (run {run}); "
-        + ", ".join(f"{label} {n}" for label, n in counts.items() if n),
+        + ", ".join(f"{label} {n}" for n, label in sorted(zip(counts, labels), key=lambda c: -c[0])),
         highlight=False,
     )
     if truth is not None:
         known = adata.obs[truth].astype(str).isin(trained.classes).to_numpy()
-        agree = (adata.obs[truth].astype(str).to_numpy() == adata.obs["predicted_label"].astype(str).to_numpy())
+        agree = adata.obs[truth].astype(str).to_numpy() == np.asarray(result.labels, dtype=str)
         console.print(
             f"agreement with obs[{truth!r}]: {agree[known].mean() if known.any() else float('nan'):.3f} "
             f"over {int(known.sum())} cells whose label the model knows ({int((~known).sum())} others)",

@@ -137,23 +137,22 @@ def test_training_lowers_the_loss_and_fits_a_tiny_batch(name, kind, one_thread):
 
 
 @pytest.mark.parametrize("name, kind", CASES)
-def test_save_then_load_predicts_identically(name, kind, one_thread):
+def test_save_then_load_predicts_identically(name, kind, one_thread, tmp_path):
     """torch: state_dict through torch.save / torch.load(weights_only=True), one model and a 2-member ensemble;
-    estimators: estimator_state through npz and np.load(allow_pickle=False) into a freshly built estimator."""
+    estimators: a skops file, loaded trusting only the allowed types the file declares (nothing unpickled)."""
     import io
 
-    from omicsweep.benchmark.training import build_torch_model, estimator_state, load_estimator_state
+    from omicsweep.benchmark.training import build_torch_model
+    from omicsweep.models.estimator_state import load_estimator, save_estimator
 
     entry = get_model(name)
     task = SAMPLE_TASKS[kind]
     x, y = _separable(n_features=task.n_features)
     if entry.family == "estimator":
         fitted = entry.build(_tiny_config(name), task).fit(x, y)
-        buffer = io.BytesIO()
-        np.savez(buffer, **estimator_state(fitted))
-        buffer.seek(0)
-        with np.load(buffer, allow_pickle=False) as arrays:
-            restored = load_estimator_state(entry.build(_tiny_config(name), task), dict(arrays))
+        save_estimator(fitted, tmp_path / "estimator.skops")
+        restored = load_estimator(tmp_path / "estimator.skops", type(entry.build(_tiny_config(name), task)))
+        assert restored is not fitted and type(restored) is type(fitted)
         assert np.array_equal(restored.predict_proba(x), fitted.predict_proba(x))
         assert np.array_equal(np.asarray(restored.classes_), np.asarray(fitted.classes_))
         return
@@ -180,16 +179,23 @@ def test_save_then_load_predicts_identically(name, kind, one_thread):
 
 
 @pytest.mark.parametrize("name, kind", CASES)
-def test_checkpoint_holds_test_predictions_matching_the_test_metrics(name, kind, request, tmp_path):
+def test_checkpoint_reloads_as_predict_does_and_repeats_the_trial_s_test_predictions(name, kind, request, tmp_path,
+                                                                                    one_thread):
+    """Train tiny (1 epoch), write the checkpoint as a sweep logs it (the trial's files, then the dataset files),
+    load it with `predict`'s own functions and label the store's test split from its raw rows: the probabilities
+    are the ones the in-memory model gave (test_predictions.npz), and they match the reported test metrics."""
     from omicsweep.benchmark.metrics import classification_metrics
+    from omicsweep.benchmark.predict import align_genes, load_trained_model
+    from omicsweep.benchmark.sweep import write_dataset_files
 
     entry = get_model(name)
     space = load_space(entry.space_file)
     store_path = request.getfixturevalue(STORE_FIXTURES[kind])
     store = open_store(store_path)
+    one_epoch = {"max_epochs": 1} if entry.family == "torch" else {}
     context = TrialContext(
         store_path=str(store_path), fingerprint=store.fingerprint, model=name,
-        defaults={**space.defaults, **space.tiny}, seed=0, metric="accuracy",
+        defaults={**space.defaults, **space.tiny, **one_epoch}, seed=0, metric="accuracy",
     )
     last: dict = {}
 
@@ -199,6 +205,7 @@ def test_checkpoint_holds_test_predictions_matching_the_test_metrics(name, kind,
             write(str(tmp_path / file_name))
 
     execute_trial(context, {}, report)
+    write_dataset_files(store_path, tmp_path)  # genes.txt and classes.json, logged beside every checkpoint
     with np.load(tmp_path / "test_predictions.npz", allow_pickle=False) as saved:
         y_true, proba = saved["y_true"], saved["proba"]
     assert proba.shape == (len(store.split_indices("test")), len(store.classes)) and len(y_true) == len(proba)
@@ -206,6 +213,51 @@ def test_checkpoint_holds_test_predictions_matching_the_test_metrics(name, kind,
     recomputed = classification_metrics(y_true, proba)
     for key in ("accuracy", "macro_f1", "macro_auroc", "degenerate", "pred_top_share"):
         assert recomputed[key] == pytest.approx(last[f"test_{key}"], abs=1e-12), key
+
+    trained = load_trained_model(tmp_path, name)
+    assert trained.task.kind == kind and trained.classes == list(store.classes)
+    seen = open_store(store_path, config=trained.config)  # a pair task's images at the trial's bins and sigma
+    test = seen.split_indices("test")
+    aligned = align_genes(seen.read_rows(0, seen.n_cells)[test], list(map(str, seen.genes())), trained.genes)
+    assert aligned.present == len(trained.genes) == trained.task.n_features
+    again = trained.predict_proba(aligned.matrix.toarray())
+    np.testing.assert_allclose(again, proba, rtol=1e-5, atol=1e-6, err_msg=name)
+    assert np.array_equal(again.argmax(axis=1), proba.argmax(axis=1)), name
+
+
+def test_estimator_files_with_foreign_types_or_not_skops_are_refused_without_loading(tmp_path):
+    """A checkpoint is a user's file: types outside the allow-list (a function, another model) are never trusted."""
+    import os
+
+    import skops.io
+
+    from omicsweep.errors import InputError
+    from omicsweep.models.estimator_state import load_estimator, save_estimator
+
+    entry = get_model("knn")
+    expected = type(entry.build(_tiny_config("knn"), SAMPLE_TASKS[CELL_CLASSIFICATION]))
+    x, y = _separable()
+    fitted = entry.build(_tiny_config("knn"), SAMPLE_TASKS[CELL_CLASSIFICATION]).fit(x, y)
+    fitted.payload_ = os.system  # what an attacker would plant: a callable run on load
+    skops.io.dump(fitted, tmp_path / "evil.skops")
+    assert "posix.system" in skops.io.get_untrusted_types(file=tmp_path / "evil.skops")
+    (tmp_path / "garbage.skops").write_bytes(b"PK\x03\x04 not a zip\n at all")
+    (tmp_path / "text.skops").write_text("estimator\n")
+    forest = get_model("random_forest").build(_tiny_config("random_forest"), SAMPLE_TASKS[CELL_CLASSIFICATION])
+    save_estimator(forest.fit(x, y), tmp_path / "forest.skops")
+    few = get_model("knn").build(_tiny_config("knn"), Task(n_features=3, n_classes=3)).fit(x[:, :3], y)
+    save_estimator(few, tmp_path / "kd.skops")  # on 3 features knn keeps a KD tree: allowed, it loads
+    assert few._fit_method == "kd_tree"
+    restored = load_estimator(tmp_path / "kd.skops", expected)
+    assert np.array_equal(restored.predict_proba(x[:, :3]), few.predict_proba(x[:, :3]))
+    for file_name, needle in (("evil.skops", "posix.system"), ("garbage.skops", "not a valid skops file"),
+                              ("text.skops", "not a valid skops file"), ("forest.skops", "RandomForestClassifier")):
+        with pytest.raises(InputError) as caught:
+            load_estimator(tmp_path / file_name, expected)
+        message = str(caught.value)
+        assert needle in message and file_name in message and "\n" not in message, message
+    with pytest.raises(InputError, match="no such file"):
+        load_estimator(tmp_path / "absent.skops", expected)
 
 
 def test_mlp_learns_and_controls_do_not(pbmc_store):

@@ -175,3 +175,86 @@ def test_sweep_on_pairs_flags_the_collapsed_control_on_the_leaderboard_and_in_ml
                                 filter_string="tags.`omicsweep.role` = 'trial'")
     flags = {r.data.tags["omicsweep.model"]: r.data.tags.get(DEGENERATE_TAG) for r in trials}
     assert flags["majority"] == "true" and flags["random"] == "false" and set(flags) == set(rows)
+
+
+# ---- a trained CNNC: predict, export and report rebuild the pair task it trained on ------------------------------
+
+
+@pytest.fixture(scope="module")
+def cnnc_trained(ray_session, pair_store, tmp_path_factory):
+    """`omicsweep train` of a tiny CNNC on 16 x 16 images (not the store's default 32 bins): (run folder, run id)."""
+    import polars as pl
+    from typer.testing import CliRunner
+
+    from omicsweep.cli import app
+
+    out = tmp_path_factory.mktemp("cnnc") / "run"
+    tiny = ["bins=16", "n_blocks=2", "width=4", "dense=16", "max_epochs=1", "batch_size=256"]
+    result = CliRunner().invoke(app, ["train", "--dataset", str(pair_store), "--model", "cnnc", "--out", str(out),
+                                      *[arg for value in tiny for arg in ("--set", value)]])
+    assert result.exit_code == 0, result.stdout + result.stderr
+    return out, pl.read_parquet(out / "leaderboard.parquet").filter(pl.col("model") == "cnnc")["best_run_id"][0]
+
+
+def _logged_test_predictions(out, run_id, folder):
+    from omicsweep.reports.tracking import default_tracking_uri, download_checkpoint
+
+    checkpoint = download_checkpoint(default_tracking_uri(out), run_id, folder)
+    with np.load(checkpoint / "test_predictions.npz", allow_pickle=False) as saved:
+        return saved["proba"]
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::UserWarning")  # MLflow's advice to add type hints to predict
+def test_predict_export_and_report_work_on_a_cnnc_run(cnnc_trained, cli, pair_store, tmp_path):
+    import mlflow
+    import pandas as pd
+    import polars as pl
+
+    from omicsweep.reports.tracking import default_tracking_uri
+
+    out, run = cnnc_trained
+    table = tmp_path / "pairs.csv"
+    code, stdout, stderr = cli("predict", pair_store, "--run", run, "--runs", out, "--out", table)
+    assert code == 0, stdout + stderr
+    store = open_store(pair_store, config={"bins": 16})
+    rows = pl.read_csv(table)
+    a, b = store.pair_genes()
+    assert rows["gene_a"].to_list() == a.tolist() and rows["gene_b"].to_list() == b.tolist()
+    assert rows["label"].to_list() == [store.classes[y] for y in store.labels()]
+    test = store.split_indices("test")
+    assert (rows["split"].to_numpy()[test] == "test").all() and len(rows) == store.n_pairs
+    # the trial's own test-split probabilities, from the model in memory: predict labels those pairs the same
+    proba = _logged_test_predictions(out, run, tmp_path / "checkpoint")
+    assert rows["predicted_label"].to_numpy()[test].tolist() == [store.classes[k] for k in proba.argmax(axis=1)]
+    assert rows["predicted_probability"].to_numpy()[test] == pytest.approx(proba.max(axis=1), rel=1e-5)
+    assert f"{store.n_pairs} gene pairs labelled by cnnc" in stdout
+
+    code, stdout, stderr = cli("export", "--run", run, "--name", "dendritic-cnnc", "--out", out)
+    assert code == 0, stdout + stderr
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(default_tracking_uri(out))
+    try:
+        model = mlflow.pyfunc.load_model("models:/dendritic-cnnc/1")
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert model.metadata.signature.inputs.input_names()[:3] == ["r0c0", "r0c1", "r0c2"]
+    frame = pd.DataFrame(store.images()[test[:25]], columns=list(store.genes()))
+    served = model.predict(frame)
+    assert served["predicted_label"].tolist() == rows["predicted_label"].to_numpy()[test[:25]].tolist()
+
+    page = tmp_path / "report.html"
+    code, stdout, stderr = cli("report", "--runs", out, "--out", page, "--no-attach")
+    assert code == 0, stdout + stderr
+    assert "test-split figures unavailable" not in page.read_text() and "confusion matrix" in page.read_text()
+
+
+@pytest.mark.slow
+def test_a_pair_model_refuses_cells_and_writes_its_pairs_as_csv_only(cnnc_trained, cli, pair_store, tmp_path):
+    out, run = cnnc_trained
+    cells = SHARED_DATA / "actinn_mouse_immune" / "actinn_train_set.h5ad"
+    assert_one_line_error(*cli("predict", cells, "--run", run, "--runs", out, "--out", tmp_path / "x.csv"),
+                          "cnnc labels gene pairs", "ingest-pairs")
+    assert_one_line_error(*cli("predict", pair_store, "--run", run, "--runs", out, "--out", tmp_path / "x.h5ad"),
+                          "x.h5ad", ".csv")
+    assert not list(tmp_path.iterdir())

@@ -94,3 +94,113 @@ def test_export_registers_a_pyfunc_with_a_signature(swept, cli, pbmc_adata):
     result = model.predict(frame)
     assert list(result.columns) == ["predicted_label", "predicted_probability", "predicted_top3"]
     assert (result["predicted_label"] == pbmc_adata.obs["bulk_labels"][:20].astype(str).to_numpy()).mean() > 0.5
+
+
+# ---- the scikit-learn baselines that keep fitted objects (a forest's trees, a neighbour index) -------------------
+
+
+@pytest.fixture(scope="module")
+def baselines_swept(ray_session, pbmc_store, tmp_path_factory):
+    """A tiny real sweep of knn and random_forest (2 trials each, no seed re-runs): the run folder."""
+    from typer.testing import CliRunner
+
+    from omicsweep.cli import app
+
+    out = tmp_path_factory.mktemp("baselines") / "run"
+    result = CliRunner().invoke(app, ["sweep", "--dataset", "pbmc68k", "--model", "knn,random_forest", "--trials", "2",
+                                      "--concurrency", "2", "--seed", "0", "--seeds", "0", "--out", str(out)])
+    assert result.exit_code == 0, result.stdout + result.stderr
+    return out
+
+
+def _checkpoint_file(out, run_id: str, name: str):
+    """The logged checkpoint artifact `name` of a run, as a local file of the run folder's artifact store."""
+    from pathlib import Path
+    from urllib.parse import urlparse
+
+    from mlflow import MlflowClient
+
+    from omicsweep.reports.tracking import default_tracking_uri
+
+    uri = MlflowClient(default_tracking_uri(out)).get_run(run_id).info.artifact_uri
+    return Path(urlparse(uri).path) / "checkpoint" / name
+
+
+@pytest.mark.slow
+def test_predict_labels_cells_with_knn_and_random_forest_into_h5ad_and_csv(baselines_swept, cli, pbmc_h5ad, tmp_path):
+    import anndata as ad
+
+    out = baselines_swept
+    for model in ("knn", "random_forest"):
+        target = tmp_path / f"{model}.h5ad"
+        code, stdout, stderr = cli("predict", pbmc_h5ad, "--raw", "--run", _best(out, model), "--runs", out,
+                                   "--out", target, "--truth", "bulk_labels")
+        assert code == 0, stdout + stderr
+        assert "765 of 765" in stdout and f"700 cells labelled by {model}" in stdout
+        obs = ad.read_h5ad(target).obs
+        assert (obs["predicted_label"].astype(str) == obs["bulk_labels"].astype(str)).mean() > 0.7, model
+        table = tmp_path / f"{model}.csv"
+        code, stdout, stderr = cli("predict", pbmc_h5ad, "--raw", "--run", _best(out, model), "--runs", out,
+                                   "--out", table)
+        assert code == 0, stdout + stderr
+        rows = pl.read_csv(table)
+        assert rows["cell"].to_list() == list(obs.index)
+        assert rows["predicted_label"].to_list() == obs["predicted_label"].astype(str).to_list()
+        assert rows["predicted_probability"].to_numpy() == pytest.approx(obs["predicted_probability"].to_numpy())
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(model)) == [table.name, target.name]
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::UserWarning")  # MLflow's advice to add type hints to predict
+def test_export_serves_a_random_forest_and_report_draws_the_baselines(baselines_swept, cli, pbmc_adata, tmp_path):
+    import mlflow
+    import pandas as pd
+
+    from omicsweep.reports.tracking import default_tracking_uri
+
+    out = baselines_swept
+    code, stdout, stderr = cli("export", "--run", _best(out, "random_forest"), "--name", "pbmc-forest", "--out", out)
+    assert code == 0, stdout + stderr
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(default_tracking_uri(out))
+    try:
+        model = mlflow.pyfunc.load_model("models:/pbmc-forest/1")
+    finally:
+        mlflow.set_tracking_uri(previous)
+    frame = pd.DataFrame(pbmc_adata.raw.X[:40].toarray(), columns=list(pbmc_adata.raw.var_names))
+    result = model.predict(frame)
+    assert (result["predicted_label"] == pbmc_adata.obs["bulk_labels"][:40].astype(str).to_numpy()).mean() > 0.7
+    page = tmp_path / "report.html"
+    code, stdout, stderr = cli("report", "--runs", out, "--out", page, "--no-attach")
+    assert code == 0, stdout + stderr
+    text = page.read_text()
+    assert "test-split figures unavailable" not in text
+    assert text.count("confusion matrix") >= 4  # alt text and caption, for both models
+
+
+@pytest.mark.slow
+def test_a_corrupt_or_tampered_estimator_checkpoint_is_a_one_line_error(baselines_swept, cli, pbmc_h5ad, pair_store,
+                                                                       tmp_path):
+    import os
+
+    import skops.io
+
+    from conftest import assert_one_line_error
+
+    out = baselines_swept
+    run = _best(out, "knn")
+    assert_one_line_error(*cli("predict", pair_store, "--run", run, "--runs", out, "--out", tmp_path / "x.h5ad"),
+                          "knn labels cells", "gene-pair task store")
+    logged = _checkpoint_file(out, run, "estimator.skops")
+    original = logged.read_bytes()
+    planted = skops.io.loads(original, trusted=skops.io.get_untrusted_types(data=original))
+    planted.payload_ = os.system  # a callable an attacker wants run on load
+    args = ("predict", pbmc_h5ad, "--raw", "--run", run, "--runs", out, "--out", tmp_path / "x.h5ad")
+    try:
+        logged.write_bytes(b"not a skops file\n")
+        assert_one_line_error(*cli(*args), "estimator.skops", "not a valid skops file")
+        skops.io.dump(planted, logged)
+        assert_one_line_error(*cli(*args), "estimator.skops", "posix.system")
+    finally:
+        logged.write_bytes(original)
+    assert not (tmp_path / "x.h5ad").exists()

@@ -98,7 +98,6 @@ def test_same_sweep_seed_proposes_the_same_configurations(swept, tmp_path):
 
 
 def test_trials_record_store_config_resources_and_checkpoint_artifacts(swept, tmp_path):
-    import numpy as np
     import torch
 
     out, _ = swept
@@ -113,12 +112,13 @@ def test_trials_record_store_config_resources_and_checkpoint_artifacts(swept, tm
         client.download_artifacts(run.info.run_id, "checkpoint", str(folder))
         names = {p.name for p in (folder / "checkpoint").iterdir()}
         assert {"trial.json", "transform.npz", "genes.txt", "classes.json"} <= names
-        if "model.pt" in names:  # never unpickled: weights only, arrays without pickle
+        if "model.pt" in names:  # never unpickled: weights only; estimators in skops' format, no pickle
             state = torch.load(folder / "checkpoint" / "model.pt", weights_only=True)
             assert all(isinstance(v, torch.Tensor) for v in state.values())
         else:
-            with np.load(folder / "checkpoint" / "estimator.npz", allow_pickle=False) as arrays:
-                assert arrays.files
+            import skops.io
+
+            assert skops.io.get_untrusted_types(file=folder / "checkpoint" / "estimator.skops") == []
         assert len((folder / "checkpoint" / "genes.txt").read_text().split()) == 765
 
 

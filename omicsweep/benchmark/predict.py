@@ -1,9 +1,14 @@
-"""Label new cells with a trained trial's model: rebuild it from its checkpoint, align genes, apply its transform.
+"""Label new samples with a trained trial's model: rebuild it from its checkpoint, align features, apply its transform.
 
-A checkpoint folder (a trial's `checkpoint` artifacts) holds model.pt (torch state_dict) or estimator.npz
-(fitted numpy attributes), transform.npz (fitted on the training split), trial.json (config, classes),
-genes.txt and classes.json (the training store's genes and classes). Nothing is unpickled: torch weights are
-read with `weights_only=True` and arrays with `allow_pickle=False`.
+A checkpoint folder (a trial's `checkpoint` artifacts) holds model.pt (torch state_dict) or estimator.skops (the
+fitted estimator in skops' format), transform.npz (fitted on the training split), trial.json (config, classes),
+genes.txt and classes.json (the training store's genes, classes and value kind). Nothing is unpickled: torch
+weights are read with `weights_only=True`, arrays with `allow_pickle=False`, and a skops file trusting only the
+types `models.estimator_state` allows.
+
+The model is rebuilt for the Task the trial built: a cell task's genes, or for a gene-pair task the images of the
+trial's `bins` (its pixel names, shape (1, bins, bins)); cells are labelled into h5ad or CSV (`predict_cells`),
+the pairs of a pair-task store into CSV (`predict_pairs`).
 """
 
 from __future__ import annotations
@@ -18,9 +23,11 @@ import scipy.sparse as sp
 
 from omicsweep.datasets.loader import ExpressionTransform
 from omicsweep.errors import InputError
+from omicsweep.tasks import CELL_CLASSIFICATION, GENE_PAIR_IMAGE
 
 NORMALIZATIONS = ("auto", "none", "log1p", "cp10k-log1p")
 TOP_K = 3
+OUTPUT_SUFFIXES = {CELL_CLASSIFICATION: (".h5ad", ".csv"), GENE_PAIR_IMAGE: (".csv",)}
 
 
 @dataclass
@@ -29,15 +36,16 @@ class TrainedModel:
 
     name: str
     family: str
-    genes: list[str]
+    genes: list[str]  # feature names in model order: genes, or a pair task's pixel names
     classes: list[str]
     transform: ExpressionTransform
     model: Any
     config: dict[str, Any]
-    value_kind: str | None = None  # 'counts', 'log' or 'other': what the training store held
+    value_kind: str | None = None  # 'counts', 'log', 'other' or 'image': what the training store held
+    task: Any = None  # models.Task the trial built (kind, n_features, input_shape)
 
     def predict_proba(self, x: np.ndarray, *, batch_size: int = 4096) -> np.ndarray:
-        """Class probabilities for aligned rows (cells x training genes), transform applied here."""
+        """Class probabilities for aligned rows (samples x training features), transform applied here."""
         out = [
             self.predict_transformed(self.transform(np.array(x[start : start + batch_size], dtype=np.float32)))
             for start in range(0, len(x), batch_size)
@@ -63,20 +71,44 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise InputError(f"{path}: unreadable ({exc})") from None
 
 
-def _restore_estimator(estimator, arrays) -> Any:
-    from omicsweep.models.estimator_state import load_estimator_state
+def trained_task(entry, config: dict[str, Any], genes: list[str], n_classes: int, *, value_kind: str | None):
+    """The Task the trial built from its store: a pair task's images follow the trial's `bins`, whatever genes.txt
+    (written for the store's default bins) lists; a cell task's features are the store's genes."""
+    from omicsweep.datasets.pair_store import image_options, image_shape, pixel_names
+    from omicsweep.models import Task
 
-    load_estimator_state(estimator, {key: arrays[key] for key in arrays.files})
-    if hasattr(estimator, "strategy") and not hasattr(estimator, "_strategy"):
-        estimator._strategy = estimator.strategy  # DummyClassifier keeps its resolved strategy privately
-    return estimator
+    # classes.json's value_kind 'image' is a pair-task store's; a model that takes only pairs says so too
+    if value_kind == "image" or tuple(entry.tasks) == (GENE_PAIR_IMAGE,):
+        bins = image_options(config)["bins"]
+        pixels = tuple(map(str, pixel_names(bins)))
+        return Task(n_features=len(pixels), n_classes=n_classes, kind=GENE_PAIR_IMAGE, genes=pixels,
+                    input_shape=image_shape(bins))
+    return Task(n_features=len(genes), n_classes=n_classes, genes=tuple(genes))
+
+
+def _load_model(entry, config: dict[str, Any], task, folder: Path) -> Any:
+    """The fitted model: torch weights into a freshly built module, or the estimator's skops file."""
+    import torch
+
+    from omicsweep.models.estimator_state import ESTIMATOR_FILE, load_estimator
+
+    if entry.family == "torch":
+        from omicsweep.models.ensemble import build_torch_model  # an `ensemble` config holds several members
+
+        built = build_torch_model(entry, config, task)
+        if not (folder / "model.pt").exists():
+            raise InputError(f"{folder}: checkpoint has no model.pt for torch model {entry.name}")
+        built.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
+        return built.eval()
+    if not (folder / ESTIMATOR_FILE).exists() and (folder / "estimator.npz").exists():
+        raise InputError(f"{folder}: an estimator checkpoint from before {ESTIMATOR_FILE} (estimator.npz); "
+                         "re-run the trial with `omicsweep reproduce RUN_ID` to get one predict can load")
+    return load_estimator(folder / ESTIMATOR_FILE, type(entry.build(config, task)))
 
 
 def load_trained_model(folder: Path, model: str) -> TrainedModel:
-    """Rebuild the registered model `model` from a checkpoint folder."""
-    import torch
-
-    from omicsweep.models import Task, get_model
+    """Rebuild the registered model `model` from a checkpoint folder, for the Task its trial trained on."""
+    from omicsweep.models import get_model
 
     folder = Path(folder)
     for name in ("trial.json", "transform.npz", "genes.txt"):
@@ -90,28 +122,23 @@ def load_trained_model(folder: Path, model: str) -> TrainedModel:
         transform = ExpressionTransform.from_arrays(arrays)
     entry = get_model(model)
     config = dict(trial.get("config", {}))
-    task = Task(n_features=len(genes), n_classes=len(classes), genes=tuple(genes))  # as the trial built it
-    if entry.family == "torch":
-        from omicsweep.models.ensemble import build_torch_model  # an `ensemble` config holds several members
-
-        built = build_torch_model(entry, config, task)
-    else:
-        built = entry.build(config, task)
-    if entry.family == "torch":
-        state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
-        built.load_state_dict(state)
-        built.eval()
-    else:
-        with np.load(folder / "estimator.npz", allow_pickle=False) as arrays:
-            built = _restore_estimator(built, arrays)
-        try:
-            built.predict_proba(np.zeros((1, len(genes)), dtype=np.float32))
-        except Exception as exc:  # state kept outside plain arrays (trees, neighbour indexes)
-            raise InputError(f"model {model}: its checkpoint cannot be restored without pickling ({exc})") from None
+    task = trained_task(entry, config, genes, len(classes), value_kind=dataset.get("value_kind"))
+    if len(transform.minimum) != task.n_features:
+        raise InputError(f"{folder}: transform.npz scales {len(transform.minimum)} features but the {model} run's "
+                         f"{task.kind} task has {task.n_features}; the checkpoint's files do not belong together")
     return TrainedModel(
-        name=model, family=entry.family, genes=genes, classes=classes, transform=transform, model=built,
-        config=config, value_kind=dataset.get("value_kind"),
+        name=model, family=entry.family, genes=list(task.genes), classes=classes, transform=transform,
+        model=_load_model(entry, config, task, folder), config=config, value_kind=dataset.get("value_kind"),
+        task=task,
     )
+
+
+def check_output(trained: TrainedModel, out: Path) -> None:
+    """OUT's suffix must be a format this model's predictions are written in (h5ad or csv for cells, csv for pairs)."""
+    allowed = OUTPUT_SUFFIXES[trained.task.kind]
+    if Path(out).suffix.lower() not in allowed:
+        what = "gene pairs" if trained.task.kind == GENE_PAIR_IMAGE else "cells"
+        raise InputError(f"--out {out}: {trained.name} labels {what}; write them to a {' or '.join(allowed)} file")
 
 
 @dataclass
@@ -196,26 +223,75 @@ def read_input(path: Path, *, layer: str | None, use_raw: bool):
     return adata, matrix, list(map(str, genes)), matrix_name
 
 
-def write_predictions(adata, prediction: Prediction, out: Path, *, info: dict[str, Any]) -> None:
-    """Add the prediction columns to obs and write `out` atomically (hidden sibling, then rename)."""
-    import os
-    import uuid
+def prediction_columns(prediction: Prediction) -> dict[str, Any]:
+    """The columns `predict` adds: label and probability of each of the TOP_K best classes, and the top-k list."""
+    columns: dict[str, Any] = {
+        "predicted_label": list(prediction.labels),
+        "predicted_probability": prediction.probability.astype(np.float64),
+    }
+    for rank in range(1, prediction.top_probability.shape[1]):
+        columns[f"predicted_label_{rank + 1}"] = [row[rank] for row in prediction.top]
+        columns[f"predicted_probability_{rank + 1}"] = prediction.top_probability[:, rank].astype(np.float64)
+    columns[f"predicted_top{TOP_K}"] = ["; ".join(row) for row in prediction.top]
+    return columns
 
+
+def write_predictions(adata, prediction: Prediction, out: Path, *, info: dict[str, Any]) -> None:
+    """`out` atomically: an h5ad of the input with the prediction columns in obs (and `info` in uns), or for a
+    .csv a table of the cell ids and those columns."""
     import pandas as pd
 
+    from omicsweep.atomic import atomic_file
+
+    columns = prediction_columns(prediction)
+    if Path(out).suffix.lower() == ".csv":
+        with atomic_file(out) as tmp:
+            pd.DataFrame({"cell": list(map(str, adata.obs_names)), **columns}).to_csv(tmp, index=False)
+        return
     obs = adata.obs
-    obs["predicted_label"] = pd.Categorical(prediction.labels)
-    obs["predicted_probability"] = prediction.probability.astype(np.float64)
-    for rank in range(1, prediction.top_probability.shape[1]):
-        obs[f"predicted_label_{rank + 1}"] = pd.Categorical([row[rank] for row in prediction.top])
-        obs[f"predicted_probability_{rank + 1}"] = prediction.top_probability[:, rank].astype(np.float64)
-    obs[f"predicted_top{TOP_K}"] = ["; ".join(row) for row in prediction.top]
+    for name, values in columns.items():
+        obs[name] = pd.Categorical(values) if name.startswith("predicted_label") else values
     adata.uns["omicsweep_predict"] = {k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in info.items()}
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}.h5ad"
-    try:
+    with atomic_file(out) as tmp:
         adata.write_h5ad(tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+
+# ---- gene-pair tasks: the pairs of a pair-task store, imaged as the trial imaged its own ------------------------
+
+
+def read_pair_store(path: Path, trained: TrainedModel):
+    """The pair-task store at `path`, its images made with the trial's `bins` and `sigma` (and its `fold`'s split)."""
+    from omicsweep.datasets.pair_store import is_pair_store
+    from omicsweep.datasets.store import open_store
+
+    if not is_pair_store(path):
+        raise InputError(f"{path}: {trained.name} labels gene pairs; pass a gene-pair task store (pairs matched to "
+                         "an expression store, made with `omicsweep ingest-pairs`)")
+    return open_store(path, fold=trained.config.get("fold"), config=trained.config)
+
+
+def predict_pairs(trained: TrainedModel, store) -> Prediction:
+    """Every pair of `store` labelled from its image (the pixel names align the image to the model's)."""
+    aligned = align_genes(sp.csr_matrix(store.images()), list(map(str, store.genes())), trained.genes)
+    if aligned.missing:
+        raise InputError(f"{store.path}: its images lack {len(aligned.missing)} of the model's pixels")
+    return predict_cells(trained, aligned.matrix)
+
+
+def write_pair_predictions(store, prediction: Prediction, out: Path) -> None:
+    """A CSV (atomic) of every pair: gene_a, gene_b, its split and known label, then the prediction columns."""
+    import pandas as pd
+
+    from omicsweep.atomic import atomic_file
+    from omicsweep.datasets.pair_store import SPLITS
+
+    gene_a, gene_b = store.pair_genes()
+    split = np.full(store.n_pairs, "", dtype=object)
+    for name in SPLITS:
+        split[store.split_indices(name)] = name
+    table = pd.DataFrame({
+        "gene_a": gene_a, "gene_b": gene_b, "split": split,
+        "label": np.asarray(store.classes, dtype=object)[store.labels()], **prediction_columns(prediction),
+    })
+    with atomic_file(out) as tmp:
+        table.to_csv(tmp, index=False)

@@ -2,8 +2,8 @@
 
 report(metrics: dict, checkpoint_files: dict[str, callable] | None) is called once per epoch (torch) or once
 (estimator). `checkpoint_files` maps a file name to a function that writes that file given its path: trial.json,
-transform.npz, the model (model.pt: a state_dict of `build_torch_model(entry, config, task)`, or estimator.npz:
-`estimator_state`) and test_predictions.npz (y_true, proba of the test split), so two runs can be compared.
+transform.npz, the model (model.pt: a state_dict of `build_torch_model(entry, config, task)`, or estimator.skops:
+`save_estimator`, skops' format) and test_predictions.npz (y_true, proba of the test split), so two runs can be compared.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from omicsweep.datasets.store import Store
 from omicsweep.errors import ConfigError
 from omicsweep.models.base import ModelEntry, Task
 from omicsweep.models.ensemble import EnsembleClassifier, build_torch_model, ensemble_size  # noqa: F401 - re-exported
-from omicsweep.models.estimator_state import estimator_state, load_estimator_state  # noqa: F401 - re-exported
+from omicsweep.models.estimator_state import ESTIMATOR_FILE, save_estimator
 
 Report = Callable[[dict[str, Any], "dict[str, Callable[[str], None]] | None"], None]
 
@@ -357,8 +357,7 @@ def fit_estimator(entry: ModelEntry, inputs: FitInputs, report: Report) -> None:
     test_y, test_proba = y, proba  # the loop ends on the test split
     files = {
         **_common_files(inputs),
-        # compressed: kNN's state is its training matrix, mostly zeros for single-cell data
-        "estimator.npz": lambda path: np.savez_compressed(path, **estimator_state(estimator)),
+        ESTIMATOR_FILE: lambda path: save_estimator(estimator, path),
         "test_predictions.npz": lambda path: np.savez(path, y_true=test_y, proba=test_proba),
     }
     report(metrics, files)

@@ -61,6 +61,17 @@ def image_options(config: dict[str, Any]) -> dict[str, Any]:
     return {"bins": int(bins), "sigma": float(sigma)}
 
 
+def image_shape(bins: int) -> tuple[int, int, int]:
+    """One sample's shape before the loader flattens it: (channels, bins, bins)."""
+    return (1, int(bins), int(bins))
+
+
+def pixel_names(bins: int) -> np.ndarray:
+    """Names of a flattened image's values: pixel r{row}c{col} (row: gene b's bin, column: gene a's)."""
+    rows, cols = np.divmod(np.arange(int(bins) * int(bins)), int(bins))
+    return np.array([f"r{r}c{c}" for r, c in zip(rows, cols)])
+
+
 class PairTaskStore(StoreMetadata):
     """Gene pairs with labels and splits; rows are pairs and a row's values are its flattened image.
 
@@ -104,16 +115,15 @@ class PairTaskStore(StoreMetadata):
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        return (1, self.bins, self.bins)
+        return image_shape(self.bins)
 
     @property
     def n_folds(self) -> int:
         return int(self.meta.get("n_folds", 0))
 
     def genes(self) -> np.ndarray:
-        """Names of a sample's values: pixel r{row}c{col} of the image (row: gene b's bin, column: gene a's)."""
-        rows, cols = np.divmod(np.arange(self.n_genes), self.bins)
-        return np.array([f"r{r}c{c}" for r, c in zip(rows, cols)])
+        """Names of a sample's values: the image's pixel names (`pixel_names`)."""
+        return pixel_names(self.bins)
 
     def pair_genes(self) -> tuple[np.ndarray, np.ndarray]:
         names = np.asarray(self.meta["genes"], dtype=str)

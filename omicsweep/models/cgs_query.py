@@ -119,7 +119,7 @@ def softmax(scores: np.ndarray) -> np.ndarray:
 class ConnectivityQueryClassifier:
     """Prototype classifier scoring queries against consensus signatures by WTCS (numpy only).
 
-    Fitted state is numpy arrays ending in `_` (saved by `estimator_state`): classes_, mean_, scale_,
+    Fitted state is numpy arrays ending in `_` (saved in its skops file, see `estimator_state`): classes_, mean_, scale_,
     signatures_ (signatures x genes) and signature_class_ (index into classes_ of each signature).
     """
 

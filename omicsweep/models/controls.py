@@ -7,18 +7,11 @@ from typing import Any
 from sklearn.dummy import DummyClassifier
 
 from omicsweep.models.base import ModelEntry, Task, register
-from omicsweep.models.estimator_state import FittedArraysMixin
 from omicsweep.tasks import TASK_KINDS
 
 
-class Control(FittedArraysMixin, DummyClassifier):
-    """DummyClassifier whose checkpoint reloads: its fitted strategy is a private attribute."""
-
-    _private_state = ("_strategy",)
-
-
 def build_majority(config: dict[str, Any], task: Task):
-    return Control(strategy="most_frequent")
+    return DummyClassifier(strategy="most_frequent")
 
 
 register(
@@ -34,7 +27,7 @@ register(
 
 
 def build_random(config: dict[str, Any], task: Task):
-    return Control(strategy="stratified", random_state=int(config.get("seed", 0)))
+    return DummyClassifier(strategy="stratified", random_state=int(config.get("seed", 0)))
 
 
 register(

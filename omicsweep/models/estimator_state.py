@@ -1,66 +1,69 @@
-"""An estimator's fitted state as plain numpy arrays: saved as `estimator.npz`, loaded without pickle.
+"""An estimator's fitted state as a skops file (`estimator.skops`), scikit-learn's persistence format without pickle.
 
-The default state is every fitted attribute (name ending in `_`) that is a plain array. An estimator whose
-fitted state does not fit that rule (private attributes, objects such as trees) defines
-
-    state_arrays() -> dict[str, np.ndarray]        # everything predict needs, as plain arrays
-    load_state_arrays(state) -> None                # the inverse, on a freshly built (unfitted) estimator
-
-`FittedArraysMixin` implements both for scikit-learn subclasses: the `_`-suffixed arrays plus the private names
-listed in `_private_state`, then `_after_load()` rebuilds anything else.
+skops writes an object tree of known node types and, when loading, refuses every type that is neither trusted by
+default (scikit-learn's estimators, numpy arrays, builtins) nor named by the caller. A checkpoint is a file a
+user hands us, so loading trusts only what `skops.io.get_untrusted_types` reports that is also on our allow-list:
+the class the model entry builds (e.g. `cgs_query`'s own classifier) and the scikit-learn internals a fitted
+model holds (a forest's trees, a neighbour index). A file declaring anything else (a function such as os.system,
+a foreign class) is refused before it is loaded, and the object loaded must be of the class the entry builds.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import zipfile
+from pathlib import Path
+from typing import Any
 
-import numpy as np
+from omicsweep.errors import InputError
 
-
-def _fitted_arrays(estimator, extra: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-    state = {}
-    for key, value in vars(estimator).items():
-        if (key.endswith("_") and not key.startswith("__")) or key in extra:
-            array = np.asarray(value)
-            if array.dtype != object:
-                state[key] = array
-    return state
-
-
-def _plain(value: np.ndarray) -> Any:
-    """A 0-d array back to the Python scalar scikit-learn stored (ints, strings, bools)."""
-    return value.item() if value.ndim == 0 else value
+ESTIMATOR_FILE = "estimator.skops"
+# scikit-learn objects inside fitted estimators that skops does not trust by default
+FITTED_INTERNALS = (
+    "sklearn.tree._tree.Tree",  # random_forest: each tree's node table
+    "sklearn.neighbors._kd_tree.KDTree",  # knn on few features (15 or fewer): its neighbour index and metric
+    "sklearn.neighbors._ball_tree.BallTree",
+    "sklearn.metrics._dist_metrics.EuclideanDistance64",
+    "sklearn.metrics._dist_metrics.EuclideanDistance32",
+)
 
 
-def estimator_state(estimator) -> dict[str, np.ndarray]:
-    """Fitted state as plain arrays (saved as npz, loaded without pickle)."""
-    if hasattr(estimator, "state_arrays"):
-        return estimator.state_arrays()
-    return _fitted_arrays(estimator)
+def qualified_name(kind: type) -> str:
+    """A type's name as skops reports it: module.QualName."""
+    return f"{kind.__module__}.{kind.__qualname__}"
 
 
-def load_estimator_state(estimator, state: Mapping[str, np.ndarray]):
-    """Restore `estimator_state` output into a freshly built estimator of the same config; returns it."""
-    if hasattr(estimator, "load_state_arrays"):
-        estimator.load_state_arrays(state)
-    else:
-        for key, value in state.items():
-            setattr(estimator, key, _plain(np.asarray(value)))
+def save_estimator(estimator, path: str | Path) -> None:
+    """Write a fitted estimator as a skops file (deflated: kNN keeps its training matrix, mostly zeros)."""
+    import skops.io
+
+    skops.io.dump(estimator, path, compression=zipfile.ZIP_DEFLATED)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
+def load_estimator(path: str | Path, expected: type) -> Any:
+    """The estimator in skops file `path`, which must be an `expected` instance; InputError for anything else."""
+    import skops.io
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file; the checkpoint holds no estimator")
+    try:
+        untrusted = skops.io.get_untrusted_types(file=path)
+    except Exception as exc:  # zipfile, json and key errors: not a file skops wrote
+        raise InputError(f"{path}: not a valid skops file ({_one_line(exc)})") from None
+    allowed = {qualified_name(expected), *FITTED_INTERNALS}
+    refused = sorted(set(untrusted) - allowed)
+    if refused:
+        raise InputError(f"{path}: declares types a {expected.__name__} checkpoint never holds "
+                         f"({', '.join(refused)}); refused without loading it")
+    try:
+        estimator = skops.io.load(path, trusted=untrusted)
+    except Exception as exc:
+        raise InputError(f"{path}: not a valid skops file ({_one_line(exc)})") from None
+    if type(estimator) is not expected:
+        raise InputError(f"{path}: holds a {qualified_name(type(estimator))}, not the {qualified_name(expected)} "
+                         "this run's model builds")
     return estimator
-
-
-class FittedArraysMixin:
-    """`state_arrays` / `load_state_arrays` for a scikit-learn subclass (put it first among the bases)."""
-
-    _private_state: tuple[str, ...] = ()
-
-    def state_arrays(self) -> dict[str, np.ndarray]:
-        return _fitted_arrays(self, self._private_state)
-
-    def load_state_arrays(self, state: Mapping[str, np.ndarray]) -> None:
-        for key, value in state.items():
-            setattr(self, key, _plain(np.asarray(value)))
-        self._after_load()
-
-    def _after_load(self) -> None:
-        """Rebuild what the arrays do not hold (default: nothing)."""

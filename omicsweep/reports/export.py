@@ -12,14 +12,17 @@ PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 
 
 def pip_requirements() -> list[str]:
+    from importlib.metadata import version
+
     from omicsweep.environment import package_versions
 
     versions = package_versions()
     return [f"omicsweep=={versions['omicsweep']}", f"torch=={versions['torch']}", f"scikit-learn=={versions['scikit-learn']}",
-            f"mlflow=={versions['mlflow']}"]
+            f"mlflow=={versions['mlflow']}", f"skops=={version('skops')}"]  # skops: an estimator checkpoint's format
 
 
 def model_signature(genes: list[str]):
+    """Input columns: the model's features by name (genes; a gene-pair model's image pixels r0c0, r0c1, ...)."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 

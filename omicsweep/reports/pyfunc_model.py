@@ -1,7 +1,8 @@
 """MLflow pyfunc wrapper of a trial's model, logged as code (MLflow's models-from-code): nothing is pickled.
 
 Input: a DataFrame whose columns are gene names (the training store's genes; the signature lists them), values
-on the training store's scale. Output: predicted label, its probability and the top-3 labels per row.
+on the training store's scale; for a gene-pair model (CNNC), one flattened pair image per row, columns the pixel
+names r0c0, r0c1, ... at the trial's `bins`. Output: predicted label, its probability and the top-3 labels per row.
 """
 
 from __future__ import annotations
