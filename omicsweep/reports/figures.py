@@ -133,7 +133,7 @@ def sweep_figures(client, sweep, trials: list) -> ModelFigures:
         result.figures.append(Figure("hyperparameter importance", plots.figure_png(plots.importance_figure(
             importances, title=f"{dataset} / {model}: hyperparameter importance")), "param_importance.png"))
     else:
-        result.notes.append("no hyperparameter varied across finished trials: no importance")
+        result.notes.append("no hyperparameter varied, or every finished trial scored the same: no importance")
     return result
 
 
@@ -162,8 +162,8 @@ def param_importances(trials: list) -> dict[str, float]:
             distributions[name] = FloatDistribution(float(min(values)), float(max(values)))
         else:
             distributions[name] = CategoricalDistribution(sorted({json.dumps(v, sort_keys=True) for v in values}))
-    if not distributions:
-        return {}
+    if not distributions or len({float(t.data.metrics["best_val"]) for t in trials}) < 2:
+        return {}  # fANOVA raises on trials that all scored the same (zero variance in all trees)
     study = optuna.create_study(direction="maximize")
     for trial, p in zip(trials, params):
         chosen = {n: (float(p[n]) if isinstance(d, FloatDistribution) else json.dumps(p[n], sort_keys=True))
