@@ -596,16 +596,26 @@ def reproduce(
     out: Path = typer.Option(DEFAULT_OUT, help="run folder holding the MLflow store"),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: SQLite in the run folder)"),
     store: Optional[Path] = typer.Option(None, help="the dataset store, if it moved (its fingerprint must match)"),
+    workers: Optional[int] = typer.Option(
+        None, min=1, help="train on this many workers instead of the trial's (1: in this process); the setup then "
+        "differs and the metrics are not expected to match",
+    ),
 ) -> None:
-    """Re-run a trial's exact configuration (same seed, same store, same epochs) and compare every final metric."""
+    """Re-run a trial's exact configuration (same seed, store, epochs and training setup where this machine allows)
+    and compare every final metric."""
     from rich.table import Table
 
     from omicsweep.benchmark.reproduce import reproduce as reproduce_trial
     from omicsweep.reports.tracking import read_trial_record
 
     record = read_trial_record(_tracking_store(out, tracking_uri), run_id)
-    outcome = reproduce_trial(record, store_path=store)
+    outcome = reproduce_trial(record, store_path=store, workers=workers)
     where = f"run {run_id} ({record.dataset}/{record.model}, seed {record.seed}, {outcome.epochs} epoch(s)) on {outcome.store_path}"
+    for note in outcome.setup_notes:
+        console.print(f"warning: {note}", highlight=False, soft_wrap=True)
+    if outcome.setup_differs:
+        _print_other_setup(outcome, where)
+        raise typer.Exit(code=1)
     if outcome.matched:
         console.print(f"reproduced {where}: all {len(outcome.compared)} metrics match exactly", highlight=False)
         return
@@ -623,6 +633,20 @@ def reproduce(
     else:
         console.print("  code and package versions are the ones recorded", highlight=False)
     raise typer.Exit(code=1)
+
+
+def _print_other_setup(outcome, where: str) -> None:
+    """A re-run that could not train the way its trial did: its metrics side by side, not as a reproduction."""
+    from rich.table import Table
+
+    console.print(f"setup differs: {where} trained as '{outcome.recorded_setup}', this re-run as '{outcome.setup}'; "
+                  "the metrics are not expected to match", highlight=False, soft_wrap=True)
+    table = Table(title="metrics under a different training setup (not comparable)")
+    for column in ("metric", "recorded", "re-run"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for key, (before, now) in outcome.compared.items():
+        table.add_row(key, repr(before), repr(now))
+    console.print(table)
 
 
 @app.command()

@@ -58,8 +58,10 @@ def _check_checkpoint(client, run, tmp_path):
 
 @pytest.mark.slow
 def test_two_worker_ddp_trial(cli, ray_session, pbmc_store, tiny_space, tmp_path):
+    """A DDP trial, its seed re-run trained the same way (2 Ray Train workers, tagged alike), and `reproduce`
+    saying that a one-process re-run is a different setup."""
     out = tmp_path / "run"
-    code, stdout, stderr = cli("sweep", "--model", "mlp", "--space", tiny_space, "--trials", "1", "--seeds", "0",
+    code, stdout, stderr = cli("sweep", "--model", "mlp", "--space", tiny_space, "--trials", "1", "--seeds", "1",
                                "--out", out, "--workers-per-trial", "2", "--cpus-per-trial", "0.5")
     assert code == 0, stdout + stderr
     client, run, parent = _trial_run(out)
@@ -67,6 +69,18 @@ def test_two_worker_ddp_trial(cli, ray_session, pbmc_store, tiny_space, tmp_path
     assert run.data.metrics["epoch"] == 2 and 0.0 < run.data.metrics["test_accuracy"] <= 1.0
     assert parent.data.params["workers_per_trial"] == "2"
     _check_checkpoint(client, run, tmp_path)
+    setup = "ddp workers=2 cpu=0.5 gpu=0"
+    assert parent.data.tags["omicsweep.training_setup"] == setup
+    assert run.data.tags["omicsweep.training_setup"] == setup and run.data.metrics["world_size"] == 2
+    reruns = [r for r in client.search_runs([run.info.experiment_id]) if r.data.tags["omicsweep.role"] == "seed-rerun"]
+    assert len(reruns) == 1 and reruns[0].info.status == "FINISHED", reruns[0].data.tags.get("omicsweep.error")
+    rerun = reruns[0]
+    assert rerun.data.tags["omicsweep.training_setup"] == setup
+    assert rerun.data.metrics["world_size"] == 2  # logged from inside training: it really ran on 2 workers
+    assert rerun.data.metrics["epoch"] == 2 and 0.0 < rerun.data.metrics["test_accuracy"] <= 1.0
+    code, stdout, _ = cli("reproduce", run.info.run_id, "--out", out, "--workers", "1")
+    text = " ".join(stdout.split())
+    assert code == 1 and "setup differs" in text and "not expected to match" in text, stdout
 
 
 @pytest.mark.slow

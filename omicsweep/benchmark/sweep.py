@@ -31,7 +31,7 @@ from omicsweep.benchmark.sweep_tracking import (  # noqa: F401 - re-exported: re
     config_json,
     logged_metrics,
 )
-from omicsweep.benchmark.trial import TrialContext, run_trial
+from omicsweep.benchmark.trial import TRAINING_SETUP_TAG, TrialContext, run_trial, training_setup
 from omicsweep.environment import git_commit, package_versions
 from omicsweep.errors import SweepInterrupted
 
@@ -232,6 +232,7 @@ def _open_sweep(request: SweepRequest, recorder: Recorder, context: TrialContext
             "omicsweep.fingerprint": request.fingerprint,
             STORE_TAG: context.store_path,
             THREADS_TAG: str(context.threads),
+            TRAINING_SETUP_TAG: training_setup(context),
             "omicsweep.seed": str(request.seed),
             "omicsweep.metric": f"val_{request.metric}",
             "omicsweep.code_version": git_commit(),
@@ -322,7 +323,8 @@ def record_seed_reruns(
     request: SweepRequest, recorder: Recorder, tracker: TrackingCallback, *, done: set[int] = frozenset()
 ) -> float | None:
     """Re-run the best configuration with `request.seeds` fresh seeds, each a child run of role 'seed-rerun'
-    (seeds in `done` were recorded before a resumed sweep's driver died)."""
+    trained the way its trial was and tagged with the setup it actually had (seeds in `done` were recorded
+    before a resumed sweep's driver died)."""
     from omicsweep.benchmark.reruns import RERUN_OF_TAG, RERUN_ROLE, rerun_seeds, run_seed_reruns
 
     best = best_trial(tracker)
@@ -333,19 +335,21 @@ def record_seed_reruns(
     seeds = [seed for seed in rerun_seeds(request.seed, request.seeds) if seed not in done]
     if not seeds:
         return None
-    for seed, results, error in run_seed_reruns(tracker.context, config, seeds, cpus=request.cpus_per_trial):
+    for outcome in run_seed_reruns(tracker.context, config, seeds):
+        seed, results = outcome.seed, outcome.results
         run_key = f"{best}-seed{seed}"
         full = {**config, "seed": seed}
         recorder.start_trial(
             run_key, params=full, role=RERUN_ROLE,
-            tags={"omicsweep.seed": str(seed), CONFIG_TAG: config_json(full), RERUN_OF_TAG: best},
+            tags={"omicsweep.seed": str(seed), CONFIG_TAG: config_json(full), RERUN_OF_TAG: best,
+                  TRAINING_SETUP_TAG: outcome.setup},
         )
         for result in results or []:
             recorder.log_result(run_key, logged_metrics(result), step=int(result.get("epoch", 0)))
         if results:
             epochs = int(results[-1].get("epoch", len(results)))
             recorder.log_result(run_key, {"epochs_run": epochs}, step=epochs)
-        recorder.end_trial(run_key, status="FAILED" if error else "FINISHED", error=error)
+        recorder.end_trial(run_key, status="FAILED" if outcome.error else "FINISHED", error=outcome.error)
     return time.time() - started
 
 

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from ray.tune import Callback
 
-from omicsweep.benchmark.trial import RESOURCE_KEYS, TrialContext, trial_config
+from omicsweep.benchmark.trial import RESOURCE_KEYS, TRAINING_SETUP_TAG, TrialContext, trial_config, training_setup
 
 # what the searcher, ASHA, the sweep's best and a resumed study rank trials by: the best validation value so far,
 # reported with every epoch's result (benchmark/training.py)
@@ -96,7 +96,8 @@ class TrackingCallback(Callback):
         self.recorder.start_trial(
             trial.trial_id,
             params=config,
-            tags={"omicsweep.seed": str(self.context.seed), CONFIG_TAG: config_json(config)},
+            tags={"omicsweep.seed": str(self.context.seed), CONFIG_TAG: config_json(config),
+                  TRAINING_SETUP_TAG: training_setup(self.context)},
         )
         self.progress.update(self)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -34,6 +35,47 @@ class TrialContext:
     @property
     def distributed(self) -> bool:
         return self.workers > 1 or self.deepspeed is not None
+
+
+TRAINING_SETUP_TAG = "omicsweep.training_setup"  # = reports.tracking.TRAINING_SETUP_TAG (benchmark imports no reports)
+WORLD_SIZE_KEY = "world_size"  # every result carries the processes it trained in, as training saw them
+RERUN_SEED_KEY = "omicsweep.rerun_seed"  # in a Tune config: train with this seed instead of the context's
+
+
+def training_setup(context: TrialContext) -> str:
+    """How a run trains, as one canonical line: strategy, workers, CPUs and GPUs (per worker when distributed).
+
+    "single cpu=1 gpu=0", "ddp workers=2 cpu=0.5 gpu=0", "deepspeed zero=2 bf16 workers=2 cpu=1 gpu=0"; an
+    estimator is always "single cpu=N" (it never uses a GPU or workers). Two runs with the same line trained the
+    same way, so their metrics may be compared.
+    """
+    from omicsweep.models import get_model
+
+    if get_model(context.model).family != "torch":
+        return f"single cpu={_number(context.cpus)}"
+    if context.deepspeed is not None:
+        ds = context.deepspeed
+        precision = next((p for p in ("bf16", "fp16") if ds.get(p, {}).get("enabled")), "fp32")
+        words = ["deepspeed", f"zero={int(ds.get('zero_optimization', {}).get('stage', 0))}", precision]
+        accumulation = int(ds.get("gradient_accumulation_steps", 1))
+        words += [f"accum={accumulation}"] if accumulation != 1 else []
+    else:
+        words = ["ddp" if context.workers > 1 else "single"]
+    if context.distributed:
+        words.append(f"workers={context.workers}")
+    return " ".join([*words, f"cpu={_number(context.cpus)}", f"gpu={_number(context.gpus)}"])
+
+
+def parse_training_setup(text: str) -> dict[str, Any]:
+    """`training_setup`'s line back as {strategy, workers, cpus, gpus} (the DeepSpeed settings are not in it)."""
+    words = text.split()
+    values = dict(word.split("=", 1) for word in words if "=" in word)
+    return {"strategy": words[0] if words else "single", "workers": int(values.get("workers", 1)),
+            "cpus": float(values.get("cpu", 1)), "gpus": float(values.get("gpu", 0))}
+
+
+def _number(value: float) -> str:
+    return f"{float(value):g}"
 
 
 def trial_config(context: TrialContext, sampled: dict[str, Any]) -> dict[str, Any]:
@@ -77,10 +119,15 @@ def execute_trial(context: TrialContext, sampled: dict[str, Any], report: Callab
         metric=context.metric,
         strategy=strategy or Strategy(device=_local_device(context)),
     )
+    world_size = inputs.strategy.world_size
+
+    def report_with_world_size(metrics: dict[str, Any], files=None) -> None:
+        report({**metrics, WORLD_SIZE_KEY: world_size}, files)
+
     # BLAS thread pools (scikit-learn, scipy) held to the trial's threads too: a Ray worker gets
     # OMP_NUM_THREADS=its CPUs, so an in-process re-run (`reproduce`) must match it to sum in the same order
     with threadpool_limits(limits=max(1, int(context.threads))):
-        FITTERS[entry.family](entry, inputs, report)
+        FITTERS[entry.family](entry, inputs, report_with_world_size)
 
 
 @contextlib.contextmanager
@@ -103,7 +150,7 @@ def tune_report(metrics: dict[str, Any], files: dict[str, Callable[[str], None]]
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-RESOURCE_KEYS = ("trial_wall_s", "cpu_s", "peak_rss_mb")
+RESOURCE_KEYS = ("trial_wall_s", "cpu_s", "peak_rss_mb", WORLD_SIZE_KEY)  # logged, never compared by `reproduce`
 
 
 def with_resources(report: Callable) -> Callable:
@@ -151,7 +198,14 @@ def faulty(report: Callable, context: TrialContext, sampled: dict[str, Any]) -> 
 
 
 def run_trial(config: dict[str, Any], context: TrialContext) -> None:
-    """Ray Tune function trainable (bind `context` with tune.with_parameters)."""
+    """Ray Tune function trainable (bind `context` with tune.with_parameters).
+
+    A seed re-run (benchmark/reruns.py) passes its seed as `RERUN_SEED_KEY` in the config, so one Tune
+    experiment trains every seed of the best configuration exactly the way its trial trained.
+    """
+    if RERUN_SEED_KEY in config:
+        config = dict(config)
+        context = dataclasses.replace(context, seed=int(config.pop(RERUN_SEED_KEY)))
     if context.distributed:
         from omicsweep.benchmark.distributed import run_on_workers
 

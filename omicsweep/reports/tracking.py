@@ -24,6 +24,7 @@ PARENT_TAG = "mlflow.parentRunId"
 TRIAL_ID_TAG = "omicsweep.trial_id"
 CODE_TAG = "omicsweep.code_version"
 PACKAGES_TAG = "omicsweep.packages"
+TRAINING_SETUP_TAG = "omicsweep.training_setup"  # benchmark.trial.training_setup: "ddp workers=2 cpu=1 gpu=0", ...
 DEGENERATE_TAG = "omicsweep.degenerate"  # "true" when the best checkpoint's test predictions are almost all one class
 DEGENERATE_METRIC = "test_degenerate"  # benchmark.metrics.prediction_collapse, on the test split
 
@@ -230,6 +231,7 @@ def read_trial_record(tracking_uri: str, run_id: str):
     metric = tags.get(METRIC_TAG, "val_accuracy").removeprefix("val_")
     metrics = dict(run.data.metrics)
     epochs = metrics.get("epochs_run")
+    setup = _recorded_setup(tracking_uri, tags)
     return TrialRecord(
         run_id=run_id,
         model=tags.get(MODEL_TAG, ""),
@@ -245,7 +247,28 @@ def read_trial_record(tracking_uri: str, run_id: str):
         code_version=tags.get(CODE_TAG, "unknown"),
         packages=json.loads(tags[PACKAGES_TAG]) if PACKAGES_TAG in tags else {},
         status=run.info.status,
+        **setup,
     )
+
+
+def _recorded_setup(tracking_uri: str, tags: dict[str, str]) -> dict[str, Any]:
+    """How the run trained, as TrialRecord fields: its training-setup tag, with the DeepSpeed settings from its
+    sweep's parameters; a run from before the tag gets its sweep's workers and GPUs (and `training_setup` None)."""
+    from omicsweep.benchmark.sweep import THREADS_TAG
+    from omicsweep.benchmark.trial import parse_training_setup
+
+    text = tags.get(TRAINING_SETUP_TAG)
+    parent_id = tags.get(PARENT_TAG)
+    needs_parent = text is None or text.startswith("deepspeed")
+    params = get_run(tracking_uri, parent_id).data.params if parent_id and needs_parent else {}
+    deepspeed = json.loads(params.get("deepspeed", "null"))
+    if text is not None:
+        setup = parse_training_setup(text)
+        return {"training_setup": text, "workers": setup["workers"], "cpus": setup["cpus"], "gpus": setup["gpus"],
+                "deepspeed": deepspeed if setup["strategy"] == "deepspeed" else None}
+    threads = float(tags.get(THREADS_TAG, 1))
+    return {"training_setup": None, "workers": int(params.get("workers_per_trial", 1)), "cpus": threads,
+            "gpus": float(params.get("gpus_per_trial", 0.0)), "deepspeed": deepspeed}
 
 
 def download_checkpoint(tracking_uri: str, run_id: str, folder: Path) -> Path:
