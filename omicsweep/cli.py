@@ -360,8 +360,15 @@ def sweep(
     inject_faults: Optional[str] = typer.Option(
         None, help="chaos testing: KIND:RATE[:once], KIND raise or kill, e.g. raise:0.3 fails ~30% of trials",
     ),
+    searcher: str = typer.Option("tpe", help="Optuna sampler proposing the trials: tpe | gp | cmaes | qmc | random"),
+    scheduler: str = typer.Option("asha", help="early stopping: asha, or none (every trial to max_epochs)"),
+    optuna_storage: Optional[str] = typer.Option(
+        None, help="RDB URL for the sweeps' Optuna studies, e.g. postgresql://USER@HOST/DB on a cluster "
+        "(default: sqlite:///RUN_FOLDER/optuna.db); optuna-dashboard URL shows them live",
+    ),
 ) -> None:
-    """Sweep models over a dataset with Ray Tune + Optuna (TPE) + ASHA, tracked in MLflow; print the leaderboard."""
+    """Sweep models over a dataset with Ray Tune + Optuna (TPE by default) + ASHA, tracked in MLflow; print the
+    leaderboard."""
     options = {k: v for k, v in locals().items()}
     if resume is not None:
         options = _resumed_options(resume, address=address)
@@ -399,6 +406,7 @@ def _run_sweeps(options: dict, *, resuming: bool) -> None:
     from omicsweep.benchmark.faults import parse_faults
     from omicsweep.benchmark.metrics import METRIC_NAMES
     from omicsweep.benchmark.resume import load_state, save_options, sweep_key
+    from omicsweep.benchmark.searchers import check_scheduler, check_searcher, check_storage, searcher_notes
     from omicsweep.benchmark.strategies import load_deepspeed_config
     from omicsweep.benchmark.space import load_space, sweep_settings, with_fixed
     from omicsweep.benchmark.sweep import SweepRequest, ray_session, run_sweep
@@ -412,6 +420,9 @@ def _run_sweeps(options: dict, *, resuming: bool) -> None:
                              "out", "tracking_uri", "address"))
     cpus_per_trial, seeds, ensemble, set_ = (options[k] for k in ("cpus_per_trial", "seeds", "ensemble", "set_"))
     parse_faults(options.get("inject_faults"))
+    searcher = check_searcher(options.get("searcher", "tpe")).name  # a sampler that cannot run here: exit 2 now
+    scheduler = check_scheduler(options.get("scheduler", "asha"))
+    check_storage(options.get("optuna_storage"))
     ds_settings = load_deepspeed_config(str(options["deepspeed"])) if options.get("deepspeed") else None
     # validate everything before the run folder exists; the store's task kind picks the models that fit it
     dataset_name, store_path = resolve_dataset(dataset, seed=seed)
@@ -427,7 +438,7 @@ def _run_sweeps(options: dict, *, resuming: bool) -> None:
     if metric not in METRIC_NAMES:
         raise ConfigError(f"--metric {metric!r}: expected one of {', '.join(METRIC_NAMES)}")
     spaces, notes = sweep_settings(entries, spaces, set_, store)  # --set values; files configs name, checked + pinned
-    for note in notes:
+    for note in notes + searcher_notes(searcher, spaces):
         err_console.print(note, highlight=False, markup=False, soft_wrap=True)
 
     out.mkdir(parents=True, exist_ok=True)
@@ -449,6 +460,7 @@ def _run_sweeps(options: dict, *, resuming: bool) -> None:
                 workers_per_trial=options["workers_per_trial"], gpus_per_trial=options["gpus_per_trial"],
                 deepspeed=ds_settings, storage=options["storage"], max_failures=options["max_failures"],
                 faults=options["inject_faults"], resume_parent=previous.get("parent_run_id"),
+                searcher=searcher, scheduler=scheduler, optuna_storage=options.get("optuna_storage"),
             )
             recorder = MlflowRecorder(uri, artifact_root=out / "mlartifacts")
             with RichProgress(request.n_trials, f"{dataset_name}/{entry.name}") as progress:

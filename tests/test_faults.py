@@ -22,7 +22,7 @@ import yaml
 from ray_procs import end_cluster, ray_env
 
 from omicsweep.benchmark.faults import is_chosen, parse_faults, trial_key
-from omicsweep.benchmark.resume import HistoryOptunaSearch
+from omicsweep.benchmark.resume import PriorTrial, SweepHistory, prepare_study
 
 TINY_SPACE = {
     "defaults": {"n_layers": 1, "width": 16, "lr": 1.0e-3, "weight_decay": 0.0, "dropout": 0.0, "batch_size": 64,
@@ -156,24 +156,34 @@ def test_sweep_resumes_after_the_driver_is_killed(cli, ray_session, pbmc_store, 
 
 
 def test_history_search_starts_from_earlier_trials_and_seeds_repeat():
-    """The restored Optuna study holds the earlier trials (failed ones as FAIL), proposes an interrupted
-    configuration first, and the same sweep seed proposes the same first configurations."""
+    """A study filled from the tracking record (a lost one) holds the earlier trials (failed ones as FAIL), the
+    searcher on it proposes an interrupted configuration first, and the same sweep seed proposes the same first
+    configurations."""
     from optuna.samplers import TPESampler
+    from optuna.storages import InMemoryStorage
     from optuna.trial import TrialState
     from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
 
     space = {"lr": tune.loguniform(1e-4, 1e-1), "width": tune.choice([8, 16, 32])}
-    history = [({"lr": 1e-3, "width": 16}, 0.7), ({"lr": 1e-2, "width": 8}, 0.5), ({"lr": 3e-2, "width": 32}, None)]
-    searcher = HistoryOptunaSearch(sampler=TPESampler(seed=0), history=history, requeue=[{"lr": 5e-4, "width": 8}])
-    searcher.set_search_properties("val_accuracy", "max", space)
+    history = SweepHistory("parent", [
+        PriorTrial("a", "trial", "FINISHED", {"lr": 1e-3, "width": 16}, {"best_val": 0.7}),
+        PriorTrial("b", "trial", "FINISHED", {"lr": 1e-2, "width": 8}, {"best_val": 0.5}),
+        PriorTrial("c", "trial", "FAILED", {"lr": 3e-2, "width": 32}),
+        PriorTrial("d", "trial", "RUNNING", {"lr": 5e-4, "width": 8}),
+    ])
+    storage = InMemoryStorage()
+    prepare_study(storage, "s", distributions=OptunaSearch.convert_search_space(space), history=history)
+    searcher = OptunaSearch(sampler=TPESampler(seed=0), storage=storage, study_name="s")
+    searcher.set_search_properties("best_val", "max", space)
     states = [t.state for t in searcher._ot_study.trials]
     assert states == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]  # + requeued
     assert searcher._ot_study.best_value == 0.7
     assert searcher.suggest("t0") == {"lr": 5e-4, "width": 8}
 
     def first(seed: int) -> list[dict]:
-        fresh = HistoryOptunaSearch(sampler=TPESampler(seed=seed))
-        fresh.set_search_properties("val_accuracy", "max", space)
+        fresh = OptunaSearch(sampler=TPESampler(seed=seed))
+        fresh.set_search_properties("best_val", "max", space)
         return [fresh.suggest(f"t{i}") for i in range(3)]
 
     assert first(7) == first(7) and first(7) != first(8)

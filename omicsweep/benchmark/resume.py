@@ -3,9 +3,11 @@
 The tracking store is the record of what happened, written by the driver as it happened; a killed driver
 leaves finished and failed trials closed and the interrupted ones RUNNING. Resuming reads it back (through the
 recorder, so this module knows no MLflow) and then:
-- finished and failed trials are not re-run; they count towards the requested number of trials, stay the
-  sweep's child runs, and their results are fed to a fresh Optuna study (`HistoryOptunaSearch`), so TPE
-  proposes from the whole history (Tune's own restore can lose the searcher's state: ray #30861);
+- finished and failed trials are not re-run; they count towards the requested number of trials and stay the
+  sweep's child runs. The searcher's history is the sweep's Optuna study itself (an RDB storage, see
+  benchmark/searchers.py), which already holds them, so the sampler proposes from the whole history (Tune's own
+  restore can lose the searcher's state: ray #30861); `prepare_study` only fails the trials the dead driver
+  left RUNNING there, and fills a study that was lost from the tracking store's record;
 - interrupted trials' runs are deleted and their configurations queued to run first, so none is lost and
   none is tracked twice;
 - seed re-runs already recorded are kept; the missing ones run.
@@ -19,8 +21,6 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from ray.tune.search.optuna import OptunaSearch
 
 from omicsweep.atomic import atomic_write_text
 from omicsweep.errors import InputError
@@ -62,23 +62,33 @@ class SweepHistory:
         return {int(t.config.get("seed", -1)) for t in self.trials if t.role == "seed-rerun" and t.status == "FINISHED"}
 
 
-class HistoryOptunaSearch(OptunaSearch):
-    """OptunaSearch whose study starts with earlier trials: finished ones with their best_val (the value Tune's
-    OptunaSearch tells a trial that completes, ASHA-stopped ones included: the metric of its last result, and
-    best_val there is the best so far), failed ones as FAIL; interrupted configurations are enqueued so they are
-    proposed first."""
+def prepare_study(storage, name: str, *, distributions: dict[str, Any], history: SweepHistory | None):
+    """Create the sweep's study in `storage`, or open it on resume: trials its dead driver left RUNNING become
+    FAIL (each is either re-run from the queue or never started), interrupted configurations are enqueued so
+    they are proposed first. A study missing from the storage (deleted, or a new storage URL) is filled from
+    the tracking store's record: finished trials with their best_val, failed ones as FAIL."""
+    import optuna
+    from optuna.trial import TrialState, create_trial
 
-    def __init__(self, *args, history: list[tuple[dict[str, Any], float | None]] = (),
-                 requeue: list[dict[str, Any]] = (), **kwargs) -> None:
-        self._history, self._requeue = list(history), list(requeue)
-        super().__init__(*args, **kwargs)
+    from omicsweep.benchmark.sweep_tracking import SEARCH_METRIC
 
-    def _setup_study(self, mode):
-        super()._setup_study(mode)
-        for params, value in self._history:
-            self.add_evaluated_point(params, 0.0 if value is None else value, error=value is None)
-        for params in self._requeue:
-            self._ot_study.enqueue_trial(params)
+    study = optuna.create_study(storage=storage, study_name=name, direction="maximize", load_if_exists=True)
+    if history is None:
+        return study
+    names = list(distributions)
+    trials = study.get_trials(deepcopy=False)
+    for trial in trials:
+        if trial.state == TrialState.RUNNING:
+            study.tell(trial.number, state=TrialState.FAIL)
+    if not any(t.state.is_finished() for t in trials):
+        study.add_trials([
+            create_trial(params=params, distributions=distributions, value=value,
+                         state=TrialState.FAIL if value is None else TrialState.COMPLETE)
+            for params, value in history.evaluated(names, SEARCH_METRIC)
+        ])
+    for prior in history.interrupted():
+        study.enqueue_trial(searched_params(prior.config, names))
+    return study
 
 
 def searched_params(config: dict[str, Any], names: list[str]) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""A sweep: Ray Tune's Tuner over one model's search space, Optuna TPE proposing, ASHA stopping early.
+"""A sweep: Ray Tune's Tuner over one model's search space, an Optuna sampler proposing (TPE by default; see
+benchmark/searchers.py), ASHA stopping early (or none).
 
 The sweep never branches on model names: everything model-specific comes from the registry entry and its
 search-space file. Tracking goes through a recorder (see `Recorder`), so this module does not know MLflow.
@@ -17,12 +18,15 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from omicsweep.benchmark.resume import SweepHistory
+from omicsweep.benchmark.searchers import DEFAULT_SCHEDULER, DEFAULT_SEARCHER, StudyRef
 from omicsweep.benchmark.space import SearchSpace
 from omicsweep.datasets.remote import canonical_location
 from omicsweep.benchmark.sweep_tracking import (  # noqa: F401 - re-exported: reports and the CLI import them here
     CHECKPOINT_ARTIFACTS,
     CONFIG_TAG,
+    SCHEDULER_TAG,
     SEARCH_METRIC,
+    SEARCHER_TAG,
     STORE_TAG,
     THREADS_TAG,
     NullProgress,
@@ -57,6 +61,9 @@ class SweepRequest:
     max_failures: int = 0  # retries of a trial that raises or whose process dies, before it counts as FAILED
     faults: str | None = None  # chaos tests: benchmark/faults.py
     resume_parent: str | None = None  # the parent run of an interrupted sweep of this model: resume it
+    searcher: str = DEFAULT_SEARCHER  # an Optuna sampler by name: benchmark/searchers.py SEARCHERS
+    scheduler: str = DEFAULT_SCHEDULER  # asha | none (FIFO: every trial to max_epochs)
+    optuna_storage: str | None = None  # RDB URL of the sweep's Optuna study; default SQLite in the run folder
 
     @property
     def n_trials(self) -> int:
@@ -151,47 +158,69 @@ def _trainable(request: SweepRequest, context: TrialContext):
 
 
 def searcher_settings(request: SweepRequest, *, n_restored: int = 0) -> dict[str, Any]:
-    """The searcher and its settings (recorded on the sweep's parent run). TPE is seeded from the sweep seed;
-    with concurrent trials it treats the running ones as bad (constant liar, optuna #4714), so parallel workers
-    do not propose the same point. Off for one trial at a time, where nothing is running when TPE proposes."""
+    """The searcher and its settings (recorded on the sweep's parent run): an Optuna sampler named by
+    `request.searcher`, seeded from the sweep seed, its study in `searcher.storage`. TPE treats running trials
+    as bad with concurrent trials (constant liar, optuna #4714), so parallel workers do not propose the same
+    point; off for one trial at a time, where nothing is running when TPE proposes."""
+    from omicsweep.benchmark.searchers import SEARCHERS, shown_url, study_url
+
     if not request.space.dimensions:
         return {"searcher": "none"}
-    return {"searcher": "optuna", "searcher.sampler": "TPESampler", "searcher.metric": SEARCH_METRIC,
-            "searcher.seed": sampler_seed(request.seed, n_restored), "searcher.constant_liar": request.concurrency > 1}
+    entry = SEARCHERS[request.searcher]
+    seed = sampler_seed(request.seed, n_restored) if entry.reseed_on_resume else request.seed
+    settings = {"searcher": "optuna", "searcher.name": entry.name, "searcher.sampler": entry.sampler,
+                "searcher.metric": SEARCH_METRIC, "searcher.seed": seed,
+                "searcher.storage": shown_url(study_url(request.run_folder, request.optuna_storage))}
+    if entry.name == "tpe":
+        settings.update({"searcher.multivariate": True, "searcher.constant_liar": request.concurrency > 1})
+    return settings
 
 
-def _search_alg(request: SweepRequest, dims: dict[str, Any], history: SweepHistory | None):
-    """TPE (see `searcher_settings`) starting from a resumed sweep's history, each trial told its best_val;
+def sweep_study(request: SweepRequest, parent_run_id: str) -> StudyRef:
+    """The sweep's Optuna study: DATASET/MODEL:PARENT_RUN_ID in the run folder's optuna.db or --optuna-storage."""
+    from omicsweep.benchmark.resume import sweep_key
+    from omicsweep.benchmark.searchers import study_name, study_url
+
+    return StudyRef(study_url(request.run_folder, request.optuna_storage),
+                    study_name(sweep_key(request.dataset, request.model), parent_run_id))
+
+
+def _search_alg(request: SweepRequest, dims: dict[str, Any], history: SweepHistory | None, *,
+                study: StudyRef | None = None):
+    """Ray's OptunaSearch with the sampler of `searcher_settings`, its study in `study`'s RDB storage (in memory
+    without one), where a resumed sweep finds its history (`prepare_study`); each trial is told its best_val.
     ConcurrencyLimiter keeps proposals in a fixed order per seed."""
-    from optuna.samplers import TPESampler
+    from optuna.storages import InMemoryStorage
     from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
 
-    from omicsweep.benchmark.resume import HistoryOptunaSearch, searched_params
+    from omicsweep.benchmark.resume import prepare_study
+    from omicsweep.benchmark.searchers import build_sampler, open_storage
 
     if not dims:
         return None
-    names = list(dims)
-    past = history.evaluated(names, SEARCH_METRIC) if history else []
-    requeue = [searched_params(t.config, names) for t in (history.interrupted() if history else [])]
-    settings = searcher_settings(request, n_restored=len(past))
-    sampler = TPESampler(seed=settings["searcher.seed"], constant_liar=settings["searcher.constant_liar"])
-    searcher = HistoryOptunaSearch(sampler=sampler, metric=SEARCH_METRIC, mode="max", history=past, requeue=requeue)
+    settings = searcher_settings(request, n_restored=len(history.done()) if history else 0)
+    sampler = build_sampler(request.searcher, seed=settings["searcher.seed"], concurrent=request.concurrency > 1)
+    storage = open_storage(study.url) if study else InMemoryStorage()
+    name = study.name if study else "optuna"
+    prepare_study(storage, name, distributions=OptunaSearch.convert_search_space(dims), history=history)
+    searcher = OptunaSearch(sampler=sampler, metric=SEARCH_METRIC, mode="max", storage=storage, study_name=name)
     return ConcurrencyLimiter(searcher, request.concurrency)
 
 
 def tune_config(request: SweepRequest, context: TrialContext, dims: dict[str, Any], history: SweepHistory | None, *,
-                num_samples: int):
+                num_samples: int, study: StudyRef | None = None):
     """How Tune runs the sweep. The searcher, ASHA and the sweep's best all rank trials by one number,
     `best_val` (the best validation value so far, in every epoch's result), so an ASHA-stopped trial reaches
-    TPE with its best epoch, not its last."""
+    the sampler with its best epoch, not its last. `--scheduler none` runs every trial to max_epochs."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
-    max_t = int(context.defaults.get("max_epochs", 1))
-    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max(1, max_t), grace_period=1, reduction_factor=3)
+    from omicsweep.benchmark.searchers import build_scheduler
+
+    scheduler = build_scheduler(request.scheduler, max_t=int(context.defaults.get("max_epochs", 1)))
     return tune.TuneConfig(
-        metric=SEARCH_METRIC, mode="max", search_alg=_search_alg(request, dims, history), scheduler=scheduler,
-        num_samples=num_samples, max_concurrent_trials=None if dims else request.concurrency,
+        metric=SEARCH_METRIC, mode="max", search_alg=_search_alg(request, dims, history, study=study),
+        scheduler=scheduler, num_samples=num_samples, max_concurrent_trials=None if dims else request.concurrency,
         # a finished trial's worker takes the next one (no per-trial process start); a distributed
         # trial's Tune actor only waits on its Train run, so a fresh one is as cheap and cleaner
         reuse_actors=not context.distributed,
@@ -209,15 +238,18 @@ def sampler_seed(sweep_seed: int, n_restored: int) -> int:
     return int(np.random.SeedSequence([sweep_seed, n_restored]).generate_state(1)[0])
 
 
-def _open_sweep(request: SweepRequest, recorder: Recorder, context: TrialContext, name: str) -> SweepHistory | None:
-    """Start the sweep's parent run, or reopen an interrupted one; note it in the run folder's state."""
+def _open_sweep(request: SweepRequest, recorder: Recorder, context: TrialContext,
+                name: str) -> tuple[SweepHistory | None, str]:
+    """Start the sweep's parent run, or reopen an interrupted one; note it in the run folder's state.
+    Returns the resumed history (None for a fresh sweep) and the parent run's id."""
     from omicsweep.benchmark.resume import SweepHistory, sweep_key, update_state
+    from omicsweep.benchmark.searchers import scheduler_settings
 
     key = sweep_key(request.dataset, request.model)
     if request.resume_parent:
         history = SweepHistory(request.resume_parent, recorder.resume_sweep(request.resume_parent))
         update_state(request.run_folder, key, status="running", resumed=True)
-        return history
+        return history, request.resume_parent
     defaults = context.defaults
     parent = recorder.start_sweep(
         dataset=request.dataset,
@@ -227,6 +259,7 @@ def _open_sweep(request: SweepRequest, recorder: Recorder, context: TrialContext
                 "workers_per_trial": context.workers, "gpus_per_trial": context.gpus,
                 "deepspeed": _json(context.deepspeed), "max_failures": request.max_failures,
                 **searcher_settings(request),
+                **scheduler_settings(request.scheduler, max_t=int(defaults.get("max_epochs", 1))),
                 **{f"default.{k}": v for k, v in defaults.items()}},
         tags={
             "omicsweep.fingerprint": request.fingerprint,
@@ -237,10 +270,13 @@ def _open_sweep(request: SweepRequest, recorder: Recorder, context: TrialContext
             "omicsweep.metric": f"val_{request.metric}",
             "omicsweep.code_version": git_commit(),
             "omicsweep.packages": _json(package_versions()),
+            # what proposed and what stopped the trials, so the leaderboard can tell such sweeps apart
+            SEARCHER_TAG: request.searcher if request.space.dimensions else "none",
+            SCHEDULER_TAG: request.scheduler,
         },
     )
     update_state(request.run_folder, key, parent_run_id=parent, status="running")
-    return None
+    return None, parent
 
 
 def run_sweep(request: SweepRequest, recorder: Recorder, *, progress=None) -> SweepOutcome:
@@ -266,7 +302,7 @@ def run_sweep(request: SweepRequest, recorder: Recorder, *, progress=None) -> Sw
     write_dataset_files(request.store_path, Path(dataset_files.name))
     tracker = TrackingCallback(recorder, context, progress, dataset_files=dataset_files.name)
     name = f"{request.dataset}-{request.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-    history = _open_sweep(request, recorder, context, name)
+    history, parent_run_id = _open_sweep(request, recorder, context, name)
     if history is not None:
         tracker.restore(history.done())
     remaining = request.n_trials - (len(history.done()) if history else 0)
@@ -277,7 +313,8 @@ def run_sweep(request: SweepRequest, recorder: Recorder, *, progress=None) -> Sw
             tune.Tuner(
                 _trainable(request, context),
                 param_space=dims,
-                tune_config=tune_config(request, context, dims, history, num_samples=remaining),
+                tune_config=tune_config(request, context, dims, history, num_samples=remaining,
+                                        study=sweep_study(request, parent_run_id)),
                 run_config=tune.RunConfig(
                     name=name + ("-resumed" if history else ""),
                     storage_path=sweep_storage(request),
@@ -319,6 +356,9 @@ def best_trial(tracker: TrackingCallback) -> str | None:
     return max(scored)[1] if scored else None
 
 
+RERUN_PREDICTIONS = "predictions"  # artifact folder of a seed re-run's run: its test_predictions.npz
+
+
 def record_seed_reruns(
     request: SweepRequest, recorder: Recorder, tracker: TrackingCallback, *, done: set[int] = frozenset()
 ) -> float | None:
@@ -349,6 +389,10 @@ def record_seed_reruns(
         if results:
             epochs = int(results[-1].get("epoch", len(results)))
             recorder.log_result(run_key, {"epochs_run": epochs}, step=epochs)
+        if outcome.predictions is not None:  # the leaderboard pairs the re-runs' test cells across models
+            with tempfile.TemporaryDirectory(prefix="omicsweep-rerun-") as folder:
+                (Path(folder) / "test_predictions.npz").write_bytes(outcome.predictions)
+                recorder.log_artifacts(run_key, folder, artifact_path=RERUN_PREDICTIONS)
         recorder.end_trial(run_key, status="FAILED" if outcome.error else "FINISHED", error=outcome.error)
     return time.time() - started
 

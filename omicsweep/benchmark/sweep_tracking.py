@@ -25,6 +25,8 @@ LOGGED_KEYS = ("epoch", SEARCH_METRIC, "epoch_time_s", "time_total_s", *RESOURCE
 CONFIG_TAG = "omicsweep.config"  # the trial's full configuration as JSON: what `omicsweep reproduce` re-runs
 STORE_TAG = "omicsweep.store_path"
 THREADS_TAG = "omicsweep.threads"
+SEARCHER_TAG = "omicsweep.searcher"  # on a sweep's parent run: the --searcher (none where nothing is searched)
+SCHEDULER_TAG = "omicsweep.scheduler"  # on a sweep's parent run: the --scheduler
 CHECKPOINT_ARTIFACTS = "checkpoint"  # artifact folder of a trial's run holding its best checkpoint
 
 
