@@ -197,6 +197,9 @@ def test_sweep_leaderboard_has_seed_statistics(swept):
     assert (table["cpu_s"] > 0).all() and (table["peak_rss_mb"] > 0).all()
     assert table["p_vs_top"].null_count() == 1  # only the top row has no test against itself
     assert table["test_accuracy_ci_low"].is_not_null().all() and table["scaled_score"].is_not_null().all()
+    # the re-runs saved their test predictions: McNemar pools the best trials (seed 0) and both re-run seeds
+    tested = table.filter(table["test_vs_top"].is_not_null())
+    assert all("3 seed(s) pooled" in t or "identical" in t for t in tested["test_vs_top"]), tested["test_vs_top"]
     assert "±" in result.stdout and "Across datasets" in result.stdout
 
 

@@ -31,6 +31,7 @@ class RerunOutcome:
     results: list[dict[str, Any]] | None  # every per-epoch result, None when it failed
     error: str | None
     setup: str  # how it trained (trial.training_setup of the context it ran with)
+    predictions: bytes | None = None  # its best checkpoint's test_predictions.npz: the leaderboard pairs test cells
 
 
 def rerun_seeds(sweep_seed: int, n: int) -> list[int]:
@@ -38,10 +39,26 @@ def rerun_seeds(sweep_seed: int, n: int) -> list[int]:
     return [sweep_seed + 1000 * (i + 1) for i in range(n)]
 
 
-def _train(context: TrialContext, config: dict[str, Any]) -> list[dict[str, Any]]:
+PREDICTIONS_FILE = "test_predictions.npz"
+
+
+def _train(context: TrialContext, config: dict[str, Any]) -> tuple[list[dict[str, Any]], bytes | None]:
+    """Every result, and the test predictions of the best checkpoint (the last one the fitter handed over)."""
     results: list[dict[str, Any]] = []
-    execute_trial(context, config, with_resources(lambda metrics, files: results.append(dict(metrics))))
-    return results
+    best: dict[str, Any] = {}
+
+    def report(metrics, files):
+        results.append(dict(metrics))
+        if files and PREDICTIONS_FILE in files:
+            best["write"] = files[PREDICTIONS_FILE]
+
+    execute_trial(context, config, with_resources(report))
+    if "write" not in best:
+        return results, None
+    with tempfile.TemporaryDirectory(prefix="omicsweep-rerun-") as tmp:
+        path = Path(tmp) / PREDICTIONS_FILE
+        best["write"](str(path))
+        return results, path.read_bytes()
 
 
 def run_seed_reruns(context: TrialContext, config: dict[str, Any], seeds: list[int]) -> list[RerunOutcome]:
@@ -51,8 +68,8 @@ def run_seed_reruns(context: TrialContext, config: dict[str, Any], seeds: list[i
     context = dataclasses.replace(context, faults=None)  # injected faults are for the sweep's trials only
     config = {k: v for k, v in config.items() if k != "seed"}
     if context.distributed:
-        trained = train_through_tune(context, config, seeds)
-        return [RerunOutcome(seed, *trained[seed], training_setup(context)) for seed in seeds]
+        trained = train_through_tune(context, config, seeds, predictions=(found := {}))
+        return [RerunOutcome(seed, *trained[seed], training_setup(context), found.get(seed)) for seed in seeds]
     contexts = [dataclasses.replace(context, seed=seed) for seed in seeds]
     if not ray.is_initialized():
         return [_in_process(ctx, config) for ctx in contexts]
@@ -61,7 +78,8 @@ def run_seed_reruns(context: TrialContext, config: dict[str, Any], seeds: list[i
     outcomes = []
     for ctx, ref in zip(contexts, refs):
         try:
-            outcomes.append(RerunOutcome(ctx.seed, ray.get(ref), None, training_setup(ctx)))
+            results, predictions = ray.get(ref)
+            outcomes.append(RerunOutcome(ctx.seed, results, None, training_setup(ctx), predictions))
         except Exception as exc:  # a failed re-run is recorded, the others still count
             outcomes.append(RerunOutcome(ctx.seed, None, _last_line(exc), training_setup(ctx)))
     return outcomes
@@ -74,17 +92,19 @@ def _in_process(context: TrialContext, config: dict[str, Any]) -> RerunOutcome:
     if context.gpus > 0 and not torch.cuda.is_available():
         context = dataclasses.replace(context, gpus=0.0)
     try:
-        return RerunOutcome(context.seed, _train(context, config), None, training_setup(context))
+        results, predictions = _train(context, config)
+        return RerunOutcome(context.seed, results, None, training_setup(context), predictions)
     except Exception as exc:
         return RerunOutcome(context.seed, None, _last_line(exc), training_setup(context))
 
 
 def train_through_tune(
     context: TrialContext, config: dict[str, Any], seeds: list[int], *, max_epochs: int | None = None,
-    storage: str | None = None,
+    storage: str | None = None, predictions: dict[int, bytes] | None = None,
 ) -> dict[int, tuple[list[dict[str, Any]] | None, str | None]]:
     """seed -> (every result, error) of `config` trained once per seed by the trial's trainable in the current Ray
-    session, stopping after `max_epochs` epochs when given (`reproduce` of an ASHA-stopped trial)."""
+    session, stopping after `max_epochs` epochs when given (`reproduce` of an ASHA-stopped trial). With
+    `predictions`, it is filled with each seed's best-checkpoint test_predictions.npz."""
     from ray import tune
 
     from omicsweep.benchmark.trial import RERUN_SEED_KEY, run_trial
@@ -115,6 +135,13 @@ def train_through_tune(
         ),
     ).fit()
     errors = {int(result.config[RERUN_SEED_KEY]): result.error for result in grid}
+    if predictions is not None:
+        for result in grid:
+            if result.checkpoint is not None:
+                with result.checkpoint.as_directory() as folder:
+                    path = Path(folder) / PREDICTIONS_FILE
+                    if path.exists():
+                        predictions[int(result.config[RERUN_SEED_KEY])] = path.read_bytes()
     trained = {}
     for seed in seeds:
         results, error = collector.results.get(seed), errors.get(seed)

@@ -26,10 +26,9 @@ from omicsweep.benchmark.reruns import RERUN_OF_TAG, RERUN_ROLE
 from omicsweep.reports import stats
 from omicsweep.reports.tracking import (
     DATASET_TAG, DEGENERATE_METRIC, ERROR_TAG, FINGERPRINT_TAG, METRIC_TAG, MODEL_TAG, PARENT_TAG, ROLE_TAG,
-    SEED_TAG, TRIAL_ID_TAG, _client,
+    SEED_TAG, TRAINING_SETUP_TAG, TRIAL_ID_TAG, _client,
 )
 
-TRAINING_SETUP_TAG = "omicsweep.training_setup"
 COMMAND_TAG = "omicsweep.command"
 PREDICTION_FILES = ("checkpoint/test_predictions.npz", "predictions/test_predictions.npz")
 TEST_COLUMNS = (
