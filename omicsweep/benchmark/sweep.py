@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from omicsweep.benchmark.resume import SweepHistory
-from omicsweep.benchmark.searchers import DEFAULT_SCHEDULER, DEFAULT_SEARCHER, StudyRef
+from omicsweep.benchmark.searchers import DEFAULT_SCHEDULER, DEFAULT_SEARCHER, StudyRef, study_name, study_url
 from omicsweep.benchmark.space import SearchSpace
 from omicsweep.datasets.remote import canonical_location
 from omicsweep.benchmark.sweep_tracking import (  # noqa: F401 - re-exported: reports and the CLI import them here
@@ -176,15 +176,6 @@ def searcher_settings(request: SweepRequest, *, n_restored: int = 0) -> dict[str
     return settings
 
 
-def sweep_study(request: SweepRequest, parent_run_id: str) -> StudyRef:
-    """The sweep's Optuna study: DATASET/MODEL:PARENT_RUN_ID in the run folder's optuna.db or --optuna-storage."""
-    from omicsweep.benchmark.resume import sweep_key
-    from omicsweep.benchmark.searchers import study_name, study_url
-
-    return StudyRef(study_url(request.run_folder, request.optuna_storage),
-                    study_name(sweep_key(request.dataset, request.model), parent_run_id))
-
-
 def _search_alg(request: SweepRequest, dims: dict[str, Any], history: SweepHistory | None, *,
                 study: StudyRef | None = None):
     """Ray's OptunaSearch with the sampler of `searcher_settings`, its study in `study`'s RDB storage (in memory
@@ -302,7 +293,8 @@ def run_sweep(request: SweepRequest, recorder: Recorder, *, progress=None) -> Sw
     write_dataset_files(request.store_path, Path(dataset_files.name))
     tracker = TrackingCallback(recorder, context, progress, dataset_files=dataset_files.name)
     name = f"{request.dataset}-{request.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-    history, parent_run_id = _open_sweep(request, recorder, context, name)
+    history, parent_run_id = _open_sweep(request, recorder, context, name)  # the study is KEY:PARENT_RUN_ID
+    key = sweep_key(request.dataset, request.model)
     if history is not None:
         tracker.restore(history.done())
     remaining = request.n_trials - (len(history.done()) if history else 0)
@@ -313,8 +305,8 @@ def run_sweep(request: SweepRequest, recorder: Recorder, *, progress=None) -> Sw
             tune.Tuner(
                 _trainable(request, context),
                 param_space=dims,
-                tune_config=tune_config(request, context, dims, history, num_samples=remaining,
-                                        study=sweep_study(request, parent_run_id)),
+                tune_config=tune_config(request, context, dims, history, num_samples=remaining, study=StudyRef(
+                    study_url(request.run_folder, request.optuna_storage), study_name(key, parent_run_id))),
                 run_config=tune.RunConfig(
                     name=name + ("-resumed" if history else ""),
                     storage_path=sweep_storage(request),
@@ -343,7 +335,7 @@ def run_sweep(request: SweepRequest, recorder: Recorder, *, progress=None) -> Sw
             summary["restored_trials"] = len(history.done())
             summary["wall_time_s"] = wall + float(getattr(recorder, "wall_before_resume_s", 0.0))
         recorder.end_sweep(status=status, summary=summary)
-        update_state(request.run_folder, sweep_key(request.dataset, request.model), status=status.lower())
+        update_state(request.run_folder, key, status=status.lower())
     return SweepOutcome(
         model=request.model, dataset=request.dataset, trials_finished=tracker.finished,
         trials_failed=tracker.failed, wall_time_s=wall, best_value=tracker.best, overheads_s=tracker.overheads,
