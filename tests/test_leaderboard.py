@@ -117,7 +117,12 @@ def test_runs_that_are_not_comparable_are_never_pooled(tmp_path):
            metric="val_balanced_accuracy")
     _sweep(uri, tmp_path, "mlp", best_vals=[0.99], rerun_acc={}, fingerprint="fp-seed0", seed=0,
            tags={"omicsweep.command": "train"})
+    _sweep(uri, tmp_path, "mlp", best_vals=[0.97], rerun_acc={}, fingerprint="fp-seed0", seed=0,
+           tags={"omicsweep.searcher": "random", "omicsweep.scheduler": "none"})  # sweeps that differ in searcher
     table = build_leaderboard(uri)
+    random_row = table.filter(table["search"] == "random/none")
+    assert random_row.height == 1 and random_row["best_val"][0] == 0.97
+    table = table.filter(table["search"].fill_null("") != "random/none")
     assert table.height == 4
     sections = table["section"].unique(maintain_order=True).to_list()
     assert len(sections) == 3, sections

@@ -31,6 +31,8 @@ from omicsweep.reports.tracking import (
 
 COMMAND_TAG = "omicsweep.command"
 PREDICTION_FILES = ("checkpoint/test_predictions.npz", "predictions/test_predictions.npz")
+SEARCHER_TAG, SCHEDULER_TAG = "omicsweep.searcher", "omicsweep.scheduler"  # written by benchmark.sweep_tracking
+DEFAULT_SEARCH = "tpe/asha"
 TEST_COLUMNS = (
     "test_accuracy",
     "test_macro_f1",
@@ -43,7 +45,8 @@ SEED_COLUMNS = ("test_accuracy", "test_macro_f1")  # reported as mean and sd ove
 SCHEMA = {
     "section": pl.String, "dataset": pl.String, "fingerprint": pl.String, "metric": pl.String,
     "split_seeds": pl.String, "sweep_run_ids": pl.String, "experiment_id": pl.String,
-    "model": pl.String, "kind": pl.String, "role": pl.String, "training_setup": pl.String, "best_val": pl.Float64,
+    "model": pl.String, "kind": pl.String, "search": pl.String, "role": pl.String, "training_setup": pl.String,
+    "best_val": pl.Float64,
     **{c: pl.Float64 for c in TEST_COLUMNS},
     "test_selected": pl.Float64, "n_test": pl.Int64, "test_accuracy_ci_low": pl.Float64,
     "test_accuracy_ci_high": pl.Float64,
@@ -59,7 +62,7 @@ SCHEMA = {
     "degenerate": pl.Boolean, "test_pred_top_share": pl.Float64, "degenerate_trials": pl.Int64,
 }
 SUMMARY_SCHEMA = {
-    "model": pl.String, "kind": pl.String, "role": pl.String, "mean_scaled_score": pl.Float64,
+    "model": pl.String, "kind": pl.String, "search": pl.String, "role": pl.String, "mean_scaled_score": pl.Float64,
     "mean_rank": pl.Float64, "datasets": pl.Int64, "datasets_failed": pl.Int64, "sections": pl.String,
 }
 
@@ -94,10 +97,12 @@ def _section_key(run) -> tuple[str, str, str]:
     return tags.get(DATASET_TAG, "?"), tags.get(FINGERPRINT_TAG, "?"), tags.get(METRIC_TAG, "?")
 
 
-def _row_key(run) -> tuple[str, str, str]:
+def _row_key(run) -> tuple[str, str, str, str]:
+    """(model, train | sweep, training setup, searcher/scheduler): sweeps that differ in any of them are rows apart."""
     tags = run.data.tags
     kind = "train" if tags.get(COMMAND_TAG) == "train" else "sweep"
-    return tags.get(MODEL_TAG, "?"), kind, tags.get(TRAINING_SETUP_TAG, "")
+    search = f"{tags.get(SEARCHER_TAG, 'tpe')}/{tags.get(SCHEDULER_TAG, 'asha')}" if kind == "sweep" else ""
+    return tags.get(MODEL_TAG, "?"), kind, tags.get(TRAINING_SETUP_TAG, ""), search
 
 
 def _mean_sd(values: list[float]) -> tuple[float | None, float | None]:
@@ -126,8 +131,8 @@ def load_predictions(client, run) -> stats.Predictions | None:
 class _Row:
     """The runs of one leaderboard row and what is derived from them."""
 
-    def __init__(self, section: tuple[str, str, str], key: tuple[str, str, str]) -> None:
-        self.section, (self.model, self.kind, self.setup) = section, key
+    def __init__(self, section: tuple[str, str, str], key: tuple[str, str, str, str]) -> None:
+        self.section, (self.model, self.kind, self.setup, self.search) = section, key
         self.trials: list = []
         self.reruns: list = []
         self.sweeps: list = []
@@ -274,7 +279,8 @@ def _record(row: _Row, test_metric: str) -> dict:
             for s in row.sweeps if "wall_time_s" in s.data.metrics]
     return {
         "sweep_run_ids": ",".join(sorted(s.info.run_id for s in row.sweeps)),
-        "model": row.model, "kind": row.kind, "role": _role_of(row.model), "training_setup": row.setup or None,
+        "model": row.model, "kind": row.kind, "search": row.search or None, "role": _role_of(row.model),
+        "training_setup": row.setup or None,
         "best_val": best.data.metrics["best_val"] if best else None,
         **{c: (best.data.metrics.get(c) if best else None) for c in TEST_COLUMNS},
         "test_selected": best.data.metrics.get(test_metric) if best else None,
@@ -306,17 +312,17 @@ def _collapse(best, finished: list) -> dict:
 
 
 def summarize(table: pl.DataFrame) -> pl.DataFrame:
-    """Across sections: each (model, kind)'s mean scaled score and mean rank, sections run and sections failed."""
-    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    """Across sections: each (model, kind, searcher)'s mean scaled score and mean rank, sections run and sections failed."""
+    groups: dict[tuple[str, str, str | None], list[dict]] = defaultdict(list)
     for row in table.iter_rows(named=True):
-        groups[(row["model"], row["kind"])].append(row)
+        groups[(row["model"], row["kind"], row["search"])].append(row)
     records = []
-    for (model, kind), rows in groups.items():
+    for (model, kind, search), rows in groups.items():
         ran = [r for r in rows if r["trials_finished"]]
         scaled = [r["scaled_score"] for r in ran if r["scaled_score"] is not None]
         ranks = [r["rank"] for r in ran if r["rank"] is not None]
         records.append({
-            "model": model, "kind": kind, "role": rows[0]["role"],
+            "model": model, "kind": kind, "search": search, "role": rows[0]["role"],
             "mean_scaled_score": float(np.mean(scaled)) if scaled else None,
             "mean_rank": float(np.mean(ranks)) if ranks else None,
             "datasets": len(ran), "datasets_failed": len(rows) - len(ran),

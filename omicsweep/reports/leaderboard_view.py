@@ -15,7 +15,11 @@ SUMMARY_COLUMNS = ("model", "role", "mean scaled score", "mean rank", "datasets"
 
 
 def _name(row: dict) -> str:
-    return row["model"] if row["kind"] == "sweep" else f"{row['model']} ({row['kind']})"
+    """mlp; 'mlp (train)' for a train run; 'mlp [random/none]' for a sweep with another searcher or scheduler."""
+    if row["kind"] != "sweep":
+        return f"{row['model']} ({row['kind']})"
+    search = row.get("search")
+    return row["model"] if search in (None, "tpe/asha", "none/asha") else f"{row['model']} [{search}]"
 
 
 def display_rows(part: pl.DataFrame, columns: tuple[str, ...] = DISPLAY_COLUMNS) -> list[list[str]]:
