@@ -7,6 +7,9 @@ actor); metrics and the best checkpoint come back to Tune and MLflow like a sing
 from __future__ import annotations
 
 import json
+import math
+import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,19 +87,104 @@ def test_two_worker_ddp_trial(cli, ray_session, pbmc_store, tiny_space, tmp_path
 
 
 @pytest.mark.slow
-def test_two_worker_deepspeed_zero2_trial(cli, ray_session, pbmc_store, tiny_space, tmp_path):
+def test_two_worker_deepspeed_zero2_trial(cli, ray_session, pbmc_store, tmp_path):
+    """With the learning-rate schedule searched: ZeRO's optimiser is DeepSpeed's wrapper, not a torch one."""
+    space = tmp_path / "scheduled.yaml"
+    space.write_text(yaml.safe_dump({"defaults": {**TINY["defaults"], "step_size": 1},
+                                     "space": {"schedule": {"choice": ["cosine", "step"]}}}))
     config = tmp_path / "zero2.json"
     config.write_text(json.dumps({"zero_optimization": {"stage": 2}, "gradient_accumulation_steps": 2}))
     out = tmp_path / "run"
-    code, stdout, stderr = cli("sweep", "--model", "mlp", "--space", tiny_space, "--trials", "1", "--seeds", "0",
+    code, stdout, stderr = cli("sweep", "--model", "mlp", "--space", space, "--trials", "1", "--seeds", "0",
                                "--out", out, "--workers-per-trial", "2", "--cpus-per-trial", "0.5",
                                "--deepspeed", config)
     assert code == 0, stdout + stderr
     client, run, parent = _trial_run(out)
     assert run.info.status == "FINISHED", run.data.tags.get("omicsweep.error")
     assert run.data.metrics["epoch"] == 2 and np.isfinite(run.data.metrics["train_loss"])
+    assert json.loads(run.data.tags["omicsweep.config"])["schedule"] in ("cosine", "step")
+    # epoch 2 trains at half the rate: cosine over 2 epochs and halving every epoch agree there
+    assert run.data.metrics["train_lr"] == pytest.approx(TINY["defaults"]["lr"] / 2)
     assert json.loads(parent.data.params["deepspeed"])["zero_optimization"]["stage"] == 2
     _check_checkpoint(client, run, tmp_path)
+
+
+SCHEDULE_EPOCHS, SCHEDULE_LR = 3, 3.0e-3
+
+
+def _lr_per_epoch(schedule: str) -> list[float]:
+    """What each schedule should train epoch 1, 2, 3 with (cosine over max_epochs, step halving every epoch)."""
+    if schedule == "cosine":
+        return [SCHEDULE_LR * (1 + math.cos(math.pi * e / SCHEDULE_EPOCHS)) / 2 for e in range(SCHEDULE_EPOCHS)]
+    if schedule == "step":
+        return [SCHEDULE_LR * 0.5**e for e in range(SCHEDULE_EPOCHS)]
+    return [SCHEDULE_LR] * SCHEDULE_EPOCHS
+
+
+def _schedule_worker(rank: int, port: int, store_path: str, out: str) -> None:
+    """One of two ranks (gloo, CPU): a real trial per (ZeRO stage, schedule) through the DeepSpeed strategy and the
+    shared loop, all in the same process group; records each epoch's learning rate or the error."""
+    import os
+
+    import torch.distributed as dist
+
+    from omicsweep.benchmark.strategies import make_strategy
+    from omicsweep.benchmark.training import SCHEDULES
+    from omicsweep.benchmark.trial import TrialContext, execute_trial
+
+    # what a launcher (Ray Train's TorchConfig, torchrun) sets before DeepSpeed starts
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE="2", LOCAL_WORLD_SIZE="2")
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        defaults = {**TINY["defaults"], "lr": SCHEDULE_LR, "max_epochs": SCHEDULE_EPOCHS, "step_size": 1}
+        context = TrialContext(store_path=store_path, fingerprint=Store(store_path).fingerprint, model="mlp",
+                               defaults=defaults)
+        results = {}
+        for stage in (0, 2):
+            for schedule in SCHEDULES:
+                ds = {"zero_optimization": {"stage": stage}, "gradient_accumulation_steps": 2}
+                strategy = make_strategy(workers=2, rank=rank, deepspeed=ds)
+                reported = []
+                try:
+                    execute_trial(context, {"schedule": schedule}, lambda m, files: reported.append(m),
+                                  strategy=strategy)
+                    results[f"{stage}/{schedule}"] = [m.get("train_lr") for m in reported]
+                except Exception as exc:  # recorded, so the parent names every failing combination
+                    results[f"{stage}/{schedule}"] = f"{type(exc).__name__}: {exc}"
+        (Path(out) / f"rank{rank}.json").write_text(json.dumps(results))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_deepspeed_trains_every_schedule_at_zero_stages_0_and_2(pbmc_store, tmp_path):
+    """Two gloo processes, no Ray: each schedule x ZeRO stage finishes and trains each epoch at the scheduled lr
+    (ZeRO wraps the torch optimiser in one a torch scheduler rejects)."""
+    import torch.multiprocessing as mp
+
+    from omicsweep.benchmark.training import SCHEDULES
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.start_processes(_schedule_worker, args=(port, str(pbmc_store), str(tmp_path)), nprocs=2, start_method="spawn")
+    for rank in range(2):
+        results = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        for stage in (0, 2):
+            for schedule in SCHEDULES:
+                lrs = results[f"{stage}/{schedule}"]
+                assert isinstance(lrs, list) and None not in lrs, (rank, stage, schedule, lrs)
+                assert lrs == pytest.approx(_lr_per_epoch(schedule)), (rank, stage, schedule)
+
+
+def test_deepspeed_config_scheduler_and_a_trial_schedule_conflict():
+    from omicsweep.benchmark.strategies import make_strategy
+    from omicsweep.errors import ConfigError
+
+    strategy = make_strategy(workers=1, deepspeed={"scheduler": {"type": "WarmupLR", "params": {}}})
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(ConfigError, match="schedule='cosine'.*'scheduler'"):
+        strategy.prepare(model, torch.optim.Adam(model.parameters()), {"batch_size": 4, "schedule": "cosine"})
 
 
 def test_row_shards_are_disjoint_and_cover_the_split(pbmc_store):

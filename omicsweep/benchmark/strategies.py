@@ -61,6 +61,10 @@ class Strategy:
         """(model, optimizer) ready to train; the optimizer is built by the loop from the model's parameters."""
         return model.to(self.device), optimizer
 
+    def torch_optimizer(self, model, optimizer) -> torch.optim.Optimizer:
+        """The torch optimiser whose param groups' `lr` the step uses: what a torch LR scheduler wraps."""
+        return optimizer
+
     def step(self, model, optimizer, loss: torch.Tensor, grad_clip: float) -> None:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -102,6 +106,11 @@ class DeepSpeed(Strategy):
     The trial's batch_size is the per-worker micro-batch; train_batch_size follows from it, the config's
     gradient_accumulation_steps and the world size. The optimiser is the loop's torch optimiser unless the
     config file names its own (DeepSpeed's fused CPU Adam costs a C++ build on first use).
+
+    The trial's per-epoch `schedule` is a torch scheduler on the engine's basic (torch) optimiser, stepped by the
+    loop once per epoch: with ZeRO or bf16/fp16 the optimiser `initialize` returns is DeepSpeed's wrapper, which
+    torch schedulers reject, and whose param groups are the basic optimiser's. It is not passed to `initialize`
+    as `lr_scheduler`, since the engine would step it at every optimiser step.
     """
 
     settings: dict[str, Any] = field(default_factory=dict)  # read by `load_deepspeed_config` on the driver
@@ -128,9 +137,13 @@ class DeepSpeed(Strategy):
         return torch.float32
 
     def prepare(self, model, optimizer, config):
+        self._ds = self.ds_config(config)
+        if "scheduler" in self._ds and str(config.get("schedule") or "none").lower() != "none":
+            raise ConfigError(f"config schedule={config['schedule']!r} and the DeepSpeed config's own 'scheduler' "
+                              "would both set the learning rate; drop one of them")
+        _fit_buckets(self._ds, model)
         import deepspeed
 
-        self._ds = self.ds_config(config)
         model = model.to(self.device)
         use_own = "optimizer" in self._ds
         engine, ds_optimizer, _, _ = deepspeed.initialize(
@@ -138,6 +151,9 @@ class DeepSpeed(Strategy):
             model_parameters=model.parameters() if use_own else None, dist_init_required=False,
         )
         return engine, ds_optimizer
+
+    def torch_optimizer(self, model, optimizer) -> torch.optim.Optimizer:
+        return getattr(model, "basic_optimizer", None) or optimizer  # DeepSpeedEngine: the optimiser ZeRO wraps
 
     def step(self, model, optimizer, loss, grad_clip) -> None:
         model.backward(loss)  # the engine scales the loss by the accumulation steps and for fp16
@@ -156,6 +172,19 @@ class DeepSpeed(Strategy):
             with deepspeed.zero.GatheredParameters(params, modifier_rank=None):  # collective: every rank calls it
                 return super().state_dict(model)
         return super().state_dict(model)
+
+
+DEEPSPEED_BUCKET = 500_000_000  # DeepSpeed's default ZeRO-1/2 reduce and all-gather bucket, in elements
+
+
+def _fit_buckets(ds: dict[str, Any], model: nn.Module) -> None:
+    """ZeRO-1/2 buckets no larger than the model, unless the config sets them: DeepSpeed allocates its default
+    (2 GB of float32) on each backward pass for any model, which costs seconds per step on a CPU worker."""
+    zero = ds.get("zero_optimization", {})
+    if int(zero.get("stage", 0)) in (1, 2):
+        n_params = sum(p.numel() for p in model.parameters())
+        for key in ("reduce_bucket_size", "allgather_bucket_size"):
+            zero.setdefault(key, int(min(DEEPSPEED_BUCKET, max(1, n_params))))
 
 
 def load_deepspeed_config(path: str) -> dict[str, Any]:

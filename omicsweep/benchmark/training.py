@@ -166,7 +166,9 @@ def make_optimizer(params, config: dict[str, Any]) -> torch.optim.Optimizer:
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, config: dict[str, Any]):
-    """Per-epoch learning-rate schedule: none, cosine over max_epochs, or halving every step_size epochs (5)."""
+    """Per-epoch learning-rate schedule: none, cosine over max_epochs, or halving every step_size epochs (5).
+
+    `optimizer` is a torch optimiser: under DeepSpeed, the one its engine wraps (`Strategy.torch_optimizer`)."""
     kind = _option(config, "schedule", SCHEDULES)
     if kind == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, int(config["max_epochs"])))
@@ -251,7 +253,8 @@ def _make_member(entry: ModelEntry, inputs: FitInputs, index: int) -> _Member:
     model = model.to(strategy.device)
     optimizer = make_optimizer(model.parameters(), cfg)
     model, optimizer = strategy.prepare(model, optimizer, cfg)
-    return _Member(model, optimizer, make_scheduler(optimizer, cfg), batches, torch.get_rng_state(), pretrain_loss)
+    scheduler = make_scheduler(strategy.torch_optimizer(model, optimizer), cfg)
+    return _Member(model, optimizer, scheduler, batches, torch.get_rng_state(), pretrain_loss)
 
 
 def _train_members_one_epoch(
@@ -300,6 +303,7 @@ def fit_torch(entry: ModelEntry, inputs: FitInputs, report: Report) -> None:
     best, since_best, best_test = -np.inf, 0, {}
     for epoch in range(1, int(cfg["max_epochs"]) + 1):
         started = time.perf_counter()
+        lr = float(members[0].optimizer.param_groups[0]["lr"])  # as the stepping optimiser (or wrapper) reads it
         train_loss = _train_members_one_epoch(members, epoch, loss_fn, grad_clip, strategy)
         val_proba, val_y, val_loss = predict_torch(model, val, strategy)
         val_metrics = classification_metrics(val_y, val_proba)
@@ -315,6 +319,7 @@ def fit_torch(entry: ModelEntry, inputs: FitInputs, report: Report) -> None:
         metrics = {
             "epoch": epoch,
             "train_loss": train_loss,
+            "train_lr": lr,
             **({"train_ae_loss": float(np.mean(pretrained))} if pretrained else {}),
             "val_loss": val_loss,
             **_prefixed("val", val_metrics),
