@@ -187,15 +187,15 @@ def test_deepspeed_config_scheduler_and_a_trial_schedule_conflict():
         strategy.prepare(model, torch.optim.Adam(model.parameters()), {"batch_size": 4, "schedule": "cosine"})
 
 
-def test_row_shards_are_disjoint_and_cover_the_split(pbmc_store):
-    """A split with fewer chunks than ranks is sharded by rows of each shuffled buffer: same permutation on
-    every rank, so the two ranks see disjoint halves of the training cells each epoch."""
+def test_ranks_sharing_one_chunk_see_disjoint_halves(pbmc_store):
+    """A split of a single chunk is shared by both ranks, cut at the same seeded random rows on each, so the two
+    ranks see disjoint halves of the training cells each epoch (tests/test_shards.py: many chunks)."""
     store = Store(pbmc_store)
     transform = fit_transform_on_train(store)
 
     def labels_and_rows(rank: int) -> np.ndarray:
         batches = CellBatches(store, "train", batch_size=16, transform=transform, shuffle=True, seed=3,
-                              rank=rank, world_size=2, shard="rows", prefetch=False)
+                              rank=rank, world_size=2, prefetch=False)
         batches.set_epoch(2)
         return np.concatenate([x.numpy() for x, _ in batches])
 

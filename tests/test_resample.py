@@ -97,15 +97,16 @@ def test_undersampling_draws_a_fresh_balanced_subset_each_epoch(imbalanced):
     assert [Counter(labels)[c] for c in range(len(counts))] == np.minimum(counts, 100).tolist()
 
 
-def test_same_seed_same_selection_and_ranks_split_it_disjointly(imbalanced):
+def test_same_seed_same_selection_and_ranks_split_its_copies(imbalanced):
     store = imbalanced
     first, second = _epoch(_csr_batches(store, resample="over")), _epoch(_csr_batches(store, resample="over"))
     assert first == second
     other_seed = _epoch(_csr_batches(store, resample="over", seed=12))
     assert sorted(other_seed[0]) != sorted(first[0])  # another seed draws other extra copies
     shards = [_epoch(_csr_batches(store, resample="over", rank=r, world_size=2)) for r in range(2)]
-    assert shards[0][0] and shards[1][0] and not set(shards[0][0]) & set(shards[1][0])
-    assert Counter(shards[0][0] + shards[1][0]) == Counter(first[0])  # same epoch selection, split by chunk
+    # the same epoch selection, each copy on one rank (a row's copies may straddle the chunk two ranks share)
+    assert shards[0][0] and shards[1][0] and Counter(shards[0][0] + shards[1][0]) == Counter(first[0])
+    assert abs(len(shards[0][0]) - len(shards[1][0])) <= 1
     unshuffled = _epoch(_csr_batches(store, resample="over", shuffle=False, prefetch=False))
     assert Counter(unshuffled[0]) == Counter(first[0])
 

@@ -41,8 +41,9 @@ class Strategy:
         return x.to(self.compute_dtype) if x.is_floating_point() else x
 
     def lockstep(self, batches: Iterable) -> Iterator:
-        """The training batches; several ranks stop together when the first runs out (shards differ by a batch),
-        since a rank left waiting in a collective would hang."""
+        """The training batches; several ranks stop together when the first runs out, since a rank left waiting
+        in a collective would hang. The loader gives every rank as many batches (`loader.steps_per_epoch`), so
+        this drops nothing; it guards against a loader that does not."""
         if self.world_size == 1:
             yield from batches
             return

@@ -241,12 +241,11 @@ def _make_member(entry: ModelEntry, inputs: FitInputs, index: int) -> _Member:
     torch.manual_seed(seed)
     model = entry.build(cfg, inputs.task)
     # datasets: config `resample` (none/over/under streamed; smote loads the training split in memory);
-    # this rank's shard: whole chunks when there are enough to go round, else rows of every buffer
-    shard = "chunks" if getattr(inputs.store, "n_chunks", 0) >= 4 * strategy.world_size else "rows"
+    # this rank's shard of the epoch's rows, in as many batches as every other rank's
     batches = training_batches(
         inputs.store, inputs.transform, cfg, batch_size=int(cfg["batch_size"]), seed=seed,
         min_batch=2,  # BatchNorm needs two cells per batch
-        rank=strategy.rank, world_size=strategy.world_size, shard=shard,
+        rank=strategy.rank, world_size=strategy.world_size,
     )
     pretrain = getattr(model, "pretrain", None)
     pretrain_loss = pretrain(batches, cfg) if callable(pretrain) else None

@@ -21,10 +21,7 @@ from omicsweep.datasets.resample import (
 from omicsweep.datasets.store import SPLITS, Store
 from omicsweep.errors import ConfigError
 
-SCALINGS = ("minmax", "zscore", "none")
-# how CellBatches splits a split across data-parallel ranks: whole chunks (each rank decodes only its own), or
-# rows of every shuffled buffer (every rank decodes all chunks; for splits with fewer chunks than ranks)
-SHARDS = ("chunks", "rows")  # trial config key `scaling`; minmax is study 000's
+SCALINGS = ("minmax", "zscore", "none")  # trial config key `scaling`; minmax is study 000's
 
 
 @dataclass
@@ -134,6 +131,31 @@ def _row_slice(matrix: sp.csr_matrix, start: int, stop: int) -> sp.csr_matrix:
     )
 
 
+def rank_slice(n_rows: int, rank: int, world_size: int) -> slice:
+    """Rank `rank`'s contiguous part of an epoch's `n_rows`: sizes differ by at most one row across ranks."""
+    return slice(n_rows * rank // world_size, n_rows * (rank + 1) // world_size)
+
+
+def steps_per_epoch(n_rows: int, world_size: int, *, batch_size: int, min_batch: int) -> int:
+    """Batches every rank yields in an epoch of `n_rows` split by `rank_slice`, the same number on every rank,
+    so ranks that step together (a collective per step) run out together and no row goes untrained.
+
+    Every batch but the last is full; the last takes all of the rank's remaining rows: fewer than batch_size + 1,
+    or when that remainder would be smaller than min_batch, it joins the previous batch (up to batch_size +
+    min_batch rows) instead of being dropped. 0 when a rank's shard is smaller than min_batch.
+    """
+    fewest = n_rows // world_size
+    full, rest = divmod(fewest, batch_size)
+    return full + 1 if rest >= max(1, min_batch) else full if full else 0
+
+
+def _batch_sizes(n_rank: int, steps: int, batch_size: int) -> list[int]:
+    """The batch sizes of a rank's `n_rank` rows in `steps` batches (see `steps_per_epoch`)."""
+    if steps == 0:
+        return []
+    return [batch_size] * (steps - 1) + [n_rank - (steps - 1) * batch_size]
+
+
 def _gathered(x: sp.csr_matrix, y: np.ndarray, take: np.ndarray | None) -> Iterator[tuple[sp.csr_matrix, np.ndarray]]:
     """A buffer as it is (take None), or its `take` rows gathered in pieces no larger than the buffer itself."""
     if take is None:
@@ -149,16 +171,23 @@ class CellBatches(IterableDataset):
     """Batches of one split of a store: (x [B, genes] float32 tensor, y [B] int64 tensor).
 
     Shuffling is by block: each epoch permutes the order of row chunks (seeded by seed and epoch), reads
-    `buffer_chunks` chunks into a buffer, and permutes rows inside it. Chunks are sharded disjointly across
-    distributed ranks and DataLoader workers, so each training cell is seen once per epoch across all of them.
-    A background thread decodes the next buffer while the current one is consumed. With output="csr" the
-    batches are (scipy CSR, int64 labels) before any transform, for consumers that densify elsewhere.
+    `buffer_chunks` chunks into a buffer, and permutes rows inside it. A background thread decodes the next buffer
+    while the current one is consumed. With output="csr" the batches are (scipy CSR, int64 labels) before any
+    transform, for consumers that densify elsewhere.
+
+    Data-parallel ranks (rank, world_size): the epoch is one sequence of rows, the chunks in their seeded order
+    (the same on every rank), and rank r takes its contiguous `rank_slice` of it: whole chunks in the middle, part
+    of the chunk it shares with a neighbouring rank at each end (cut at seeded random rows). So every training row
+    is seen exactly once per epoch across the ranks, each rank decodes about 1/world_size of the chunks, and every
+    rank yields the same number of batches (`steps_per_epoch`): ranks that step together (DDP, DeepSpeed) run out
+    together and none of their rows goes untrained. DataLoader workers of one rank split its chunks among them.
 
     resample ('over' or 'under', training split only; see `omicsweep.datasets.resample`): each epoch draws a
     seeded repeat count per training row (the same on every rank and worker) so that the epoch's classes are
-    balanced; a row's copies join the shuffle buffer of its own chunk, and the buffer is gathered batch-sized
-    piece by piece, so memory stays that of the buffer's distinct rows however large the repeat counts.
-    resample_target: cells per class per epoch instead of the largest (over) or smallest (under) class.
+    balanced; a row's copies are rows of the epoch's sequence like any other (each copy trained once across the
+    ranks), and the buffer is gathered batch-sized piece by piece, so memory stays that of the buffer's distinct
+    rows however large the repeat counts. resample_target: cells per class per epoch instead of the largest (over)
+    or smallest (under) class.
     """
 
     def __init__(
@@ -178,7 +207,6 @@ class CellBatches(IterableDataset):
         output: str = "dense",
         resample: str = "none",
         resample_target: int | None = None,
-        shard: str = "chunks",
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}")
@@ -191,9 +219,6 @@ class CellBatches(IterableDataset):
             raise ValueError("output must be 'dense' (with a transform) or 'csr'")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
-        if shard not in SHARDS:
-            raise ValueError(f"shard must be one of {SHARDS}, not {shard!r}")
-        self.shard = shard
         self.store = store
         self.split = split
         self.batch_size = int(batch_size)
@@ -224,19 +249,32 @@ class CellBatches(IterableDataset):
         counts = repeat_counts(labels, self.resample, resample_rng(self.seed, self.epoch), target=self.resample_target)
         return np.split(counts, np.cumsum([len(local) for local in self._local_rows])[:-1])
 
-    def _chunk_order(self, rng: np.random.Generator, repeats: list[np.ndarray] | None = None) -> np.ndarray:
-        used = self._local_rows if repeats is None else [r[r > 0] for r in repeats]  # chunks with nothing drawn: skipped
-        order = np.array([c for c, rows in enumerate(used) if len(rows)], dtype=np.int64)
-        if self.shuffle:
-            order = rng.permutation(order)  # same permutation on every rank and worker: shards stay disjoint
-        info = get_worker_info()
-        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
-        if self.shard == "rows":  # every rank reads the same chunks; _read_buffer keeps its rows of each buffer
-            return order[worker::workers]
-        return order[self.rank * workers + worker :: self.world_size * workers]
+    def _epoch_plan(self, repeats: list[np.ndarray] | None) -> tuple[list[tuple[int, np.ndarray]], int]:
+        """(this rank's part of the epoch, the epoch's rows over all ranks).
 
-    def _rows_of_rank(self) -> slice:
-        return slice(self.rank, None, self.world_size) if self.shard == "rows" else slice(None)
+        The part is (chunk, positions) pairs in epoch order; positions index the chunk's drawn rows (those of the
+        split, or with a repeat count > 0), a row as often as its count. Computed alike on every rank.
+        """
+        if repeats is None:
+            counts = [np.ones(len(local), dtype=np.int64) for local in self._local_rows]
+        else:
+            counts = [r[r > 0] for r in repeats]  # chunks with nothing drawn are skipped
+        order = np.array([c for c, n in enumerate(counts) if len(n)], dtype=np.int64)
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(order)  # same on every rank
+        lengths = [int(counts[c].sum()) for c in order]
+        total = sum(lengths)
+        mine, start, plan = rank_slice(total, self.rank, self.world_size), 0, []
+        for chunk, length in zip(order.tolist(), lengths):
+            lo, hi = max(mine.start - start, 0), min(mine.stop - start, length)
+            start += length
+            if lo >= hi:
+                continue
+            positions = np.repeat(np.arange(len(counts[chunk])), counts[chunk])
+            if self.shuffle and (lo > 0 or hi < length):  # shared with a neighbour rank: cut at random rows
+                positions = np.random.default_rng([self.seed, self.epoch, chunk, 1]).permutation(positions)
+            plan.append((chunk, positions[lo:hi]))
+        return plan, total
 
     def _read_chunk(self, chunk: int, repeats: np.ndarray | None = None) -> tuple[sp.csr_matrix, np.ndarray]:
         start, stop = self.store.chunk_bounds(chunk)
@@ -246,29 +284,26 @@ class CellBatches(IterableDataset):
             block = block[local]
         return block, self._labels[start + local]
 
-    def _read_buffer(self, chunks: np.ndarray, index: int, repeats: list[np.ndarray] | None = None):
-        """Decode, stack and (when shuffling) permute one buffer; runs in the prefetch thread.
+    def _read_buffer(self, group: list[tuple[int, np.ndarray]], index: int, repeats: list[np.ndarray] | None = None):
+        """Decode, stack and (when shuffling) permute one buffer of (chunk, positions); runs in the prefetch thread.
 
-        Returns (x, y, take): take is None without resampling, else the buffer's row positions, each as often
-        as its repeat count, in shuffled order (x holds every drawn row once).
+        Returns (x, y, take): take is None when x already holds the buffer's rows in order; with resampling it is
+        the row positions of x, each as often as drawn, in shuffled order (x holds every drawn row once).
         """
-        parts = [self._read_chunk(c, None if repeats is None else repeats[c]) for c in chunks]
+        parts = [self._read_chunk(c, None if repeats is None else repeats[c]) for c, _ in group]
         x, y = sp.vstack([p[0] for p in parts], format="csr"), np.concatenate([p[1] for p in parts])
-        rng = np.random.default_rng([self.seed, self.epoch, index])
-        if repeats is not None:
-            counts = np.concatenate([repeats[c][repeats[c] > 0] for c in chunks])
-            take = np.repeat(np.arange(len(y)), counts)
-            take = rng.permutation(take) if self.shuffle else take
-            return x, y, take[self._rows_of_rank()]
+        offsets = np.cumsum([0] + [len(p[1]) for p in parts[:-1]])
+        take = np.concatenate([positions + offset for (_, positions), offset in zip(group, offsets)])
         if self.shuffle:
-            perm = rng.permutation(len(y))[self._rows_of_rank()]  # same permutation on every rank
-            x, y = x[perm], y[perm]
-        elif self.shard == "rows":
-            x, y = x[self._rows_of_rank()], y[self._rows_of_rank()]
+            take = np.random.default_rng([self.seed, self.epoch, index]).permutation(take)
+        if repeats is not None:
+            return x, y, take
+        if len(take) != len(y) or self.shuffle:  # part of a shared chunk, or shuffled: gather here, in the thread
+            x, y = x[take], y[take]
         return x, y, None
 
-    def _buffers(self, order: np.ndarray, repeats: list[np.ndarray] | None = None):
-        groups = [order[i : i + self.buffer_chunks] for i in range(0, len(order), self.buffer_chunks)]
+    def _buffers(self, plan: list[tuple[int, np.ndarray]], repeats: list[np.ndarray] | None = None):
+        groups = [plan[i : i + self.buffer_chunks] for i in range(0, len(plan), self.buffer_chunks)]
         if not self.prefetch or len(groups) < 2:
             for i, g in enumerate(groups):
                 yield from _gathered(*self._read_buffer(g, i, repeats))
@@ -290,35 +325,55 @@ class CellBatches(IterableDataset):
 
     def __iter__(self) -> Iterator:
         repeats = self.epoch_repeats()
-        order = self._chunk_order(np.random.default_rng([self.seed, self.epoch]), repeats)
-        size = self.batch_size
-        carry_x, carry_y = None, None  # fewer than batch_size rows left over from the previous buffer
-        for block_x, block_y in self._buffers(order, repeats):
+        plan, total = self._epoch_plan(repeats)
+        info = get_worker_info()
+        if info is not None and info.num_workers > 1:  # a rank's DataLoader workers do not step together
+            yield from self._batched(self._buffers(plan[info.id :: info.num_workers], repeats), None)
+            return
+        steps = steps_per_epoch(total, self.world_size, batch_size=self.batch_size, min_batch=self.min_batch)
+        sizes = _batch_sizes(sum(len(positions) for _, positions in plan), steps, self.batch_size)
+        yield from self._batched(self._buffers(plan, repeats), sizes)
+
+    def _batched(self, blocks, sizes: list[int] | None) -> Iterator:
+        """The blocks' rows cut into batches of `sizes`; None: of batch_size, then the rest if >= min_batch."""
+        targets = iter(sizes if sizes is not None else ())
+        size = next(targets, 0) if sizes is not None else self.batch_size
+        carry_x, carry_y = None, None  # fewer rows than the batch being filled, from the previous blocks
+        for block_x, block_y in blocks:
             start = 0
-            if carry_y is not None:
-                need = size - len(carry_y)
-                if len(block_y) < need:
-                    carry_x, carry_y = sp.vstack([carry_x, block_x], format="csr"), np.concatenate([carry_y, block_y])
-                    continue
-                head = sp.vstack([carry_x, _row_slice(block_x, 0, need)], format="csr")
-                yield self._emit(head, np.concatenate([carry_y, block_y[:need]]))
-                start, carry_x, carry_y = need, None, None
-            stop = start + (len(block_y) - start) // size * size
-            for b in range(start, stop, size):
-                yield self._emit(_row_slice(block_x, b, b + size), block_y[b : b + size])
-            if stop < len(block_y):
-                carry_x, carry_y = _row_slice(block_x, stop, len(block_y)), block_y[stop:]
-        if carry_y is not None and len(carry_y) >= self.min_batch:
+            while size and len(block_y) - start >= size - (0 if carry_y is None else len(carry_y)):
+                stop = start + size - (0 if carry_y is None else len(carry_y))
+                x, y = _row_slice(block_x, start, stop), block_y[start:stop]
+                if carry_y is not None:
+                    x, y = sp.vstack([carry_x, x], format="csr"), np.concatenate([carry_y, y])
+                    carry_x, carry_y = None, None
+                yield self._emit(x, y)
+                start = stop
+                size = next(targets, 0) if sizes is not None else self.batch_size
+            if not size:
+                return
+            if start < len(block_y):
+                rest_x, rest_y = _row_slice(block_x, start, len(block_y)), block_y[start:]
+                if carry_y is None:
+                    carry_x, carry_y = rest_x, rest_y
+                else:
+                    carry_x, carry_y = sp.vstack([carry_x, rest_x], format="csr"), np.concatenate([carry_y, rest_y])
+        if sizes is None and carry_y is not None and len(carry_y) >= self.min_batch:
             yield self._emit(carry_x, carry_y)
 
 
 class ArrayBatches:
     """Seeded shuffled batches of in-memory arrays, e.g. a SMOTE-resampled training split; iterates like
-    CellBatches (set_epoch, then (x, y) tensors), a new permutation per (seed, epoch)."""
+    CellBatches (set_epoch, then (x, y) tensors), a new permutation per (seed, epoch).
+
+    rank / world_size: this rank keeps every world_size-th row (the arrays are the same on every rank) and yields
+    `steps_per_epoch` batches like every other rank, its last batch taking the rows that remain."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray, *, batch_size: int, shuffle: bool = True, seed: int = 0,
-                 min_batch: int = 1) -> None:
-        self.x, self.y = np.ascontiguousarray(x, dtype=np.float32), np.asarray(y, dtype=np.int64)
+                 min_batch: int = 1, rank: int = 0, world_size: int = 1) -> None:
+        self.n_rows_all_ranks, self.world_size = len(y), int(world_size)
+        self.x = np.ascontiguousarray(x[rank::world_size], dtype=np.float32)
+        self.y = np.asarray(y[rank::world_size], dtype=np.int64)
         self.batch_size, self.shuffle, self.seed, self.min_batch = int(batch_size), shuffle, int(seed), int(min_batch)
         self.epoch = 0
         self.n_cells = len(self.y)
@@ -329,34 +384,35 @@ class ArrayBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.y)
         order = np.random.default_rng([self.seed, self.epoch]).permutation(n) if self.shuffle else np.arange(n)
-        for start in range(0, n, self.batch_size):
-            rows = order[start : start + self.batch_size]
-            if len(rows) < self.min_batch:
-                break
+        steps = steps_per_epoch(self.n_rows_all_ranks, self.world_size, batch_size=self.batch_size,
+                                min_batch=self.min_batch)
+        start = 0
+        for size in _batch_sizes(n, steps, self.batch_size):
+            rows = order[start : start + size]
+            start += size
             yield torch.from_numpy(self.x[rows]), torch.from_numpy(self.y[rows])
 
 
 def training_batches(
     store: Store, transform: ExpressionTransform, config: dict, *, batch_size: int, seed: int, min_batch: int = 1,
-    rank: int = 0, world_size: int = 1, shard: str = "chunks",
+    rank: int = 0, world_size: int = 1,
 ) -> CellBatches | ArrayBatches:
     """The training split's shuffled batches as config `resample` asks (see `omicsweep.datasets.resample`).
 
     none / over / under: streamed (`CellBatches`, memory of one shuffle buffer). smote: the whole training split
     is loaded in memory (dense, transformed), SMOTE-resampled and iterated as `ArrayBatches`: SMOTE needs every
     cell of a class to find its neighbours, so use it on splits that fit in memory.
-    rank / world_size: this data-parallel worker's disjoint shard (streamed: by chunk; smote: every world_size-th
-    resampled row, drawn identically on every rank).
+    rank / world_size: this data-parallel worker's disjoint shard, as many batches as every other rank's
+    (streamed: its slice of the epoch's rows; smote: every world_size-th resampled row, drawn alike on every rank).
     """
     method = resample_option(config)
     if method == "smote":
         x, y = smote_resample(*load_split(store, "train", transform), seed=seed)
-        x, y = x[rank::world_size], y[rank::world_size]
-        return ArrayBatches(x, y, batch_size=batch_size, seed=seed, min_batch=min_batch)
+        return ArrayBatches(x, y, batch_size=batch_size, seed=seed, min_batch=min_batch, rank=rank,
+                            world_size=world_size)
     return CellBatches(
         store, "train", batch_size=batch_size, transform=transform, shuffle=True, seed=seed, min_batch=min_batch,
         resample=method, resample_target=resample_target(config), rank=rank, world_size=world_size,
-        shard=shard,
     )
 
 
