@@ -193,7 +193,18 @@ def parse_overrides(pairs: list[str], space: SearchSpace, *, shared_keys: tuple[
         if key not in known:
             raise ConfigError(f"{where}: --set {key}: unknown key; known: {', '.join(sorted(known))}")
         overrides[key] = _checked_value(key, parse_value(text.strip()), space, where)
+        if key in shared_keys:  # a shared training option: checked as benchmark/options.py declares it
+            _check_shared_option(key, overrides[key])
     return overrides
+
+
+def _check_shared_option(key: str, value: Any) -> None:
+    from omicsweep.benchmark.options import option
+
+    try:
+        option({key: value}, key)
+    except ConfigError as exc:
+        raise ConfigError(f"--set {key}: {exc}") from None
 
 
 # ---- fixed settings of a sweep or train run: --set values and the files a configuration names ----------------
@@ -232,9 +243,12 @@ def sweep_settings(entries, spaces: dict[str, SearchSpace], pairs: list[str], st
 
 def prepared_spaces(entries, spaces: dict[str, SearchSpace], store) -> tuple[dict[str, SearchSpace], list[str]]:
     """Each model's `prepare` on its defaults (see ModelEntry.prepare); its additions become fixed defaults."""
+    from omicsweep.benchmark.options import check_space_options
+
     task, notes = store_task(store), []
     spaces = dict(spaces)
     for entry in entries:
+        check_space_options(spaces[entry.name], family=entry.family)  # the shared options, once, before any trial
         additions, lines = entry.prepared(dict(spaces[entry.name].defaults), task)
         spaces[entry.name] = with_fixed(spaces[entry.name], additions)
         notes += lines

@@ -18,10 +18,12 @@ import torch
 from torch import nn
 
 from omicsweep.benchmark.metrics import classification_metrics
+from omicsweep.benchmark.options import (  # noqa: F401 - LOSSES, SCHEDULES, ... re-exported
+    LOSSES, OPTIMIZERS, SCHEDULES, TORCH_CONFIG_KEYS, TRIAL_CONFIG_KEYS, option, validate_options,
+)
 from omicsweep.benchmark.strategies import Strategy
 from omicsweep.datasets.loader import CellBatches, ExpressionTransform, load_split, training_batches
-from omicsweep.datasets.pair_store import IMAGE_CONFIG_KEYS
-from omicsweep.datasets.resample import RESAMPLE_CONFIG_KEYS, apply_class_weight, check_resample_config, resample_arrays
+from omicsweep.datasets.resample import apply_class_weight, resample_arrays
 from omicsweep.datasets.store import Store
 from omicsweep.errors import ConfigError
 from omicsweep.models.base import ModelEntry, Task
@@ -67,27 +69,12 @@ def _common_files(inputs: FitInputs) -> dict[str, Callable[[str], None]]:
 
 
 # ---- torch training options (config keys loss, optimizer, schedule, grad_clip; all optional) --------------------
-
-LOSSES = ("ce", "weighted_ce", "focal")
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("none", "cosine", "step")
+# declared once, typed, in benchmark/options.py (LOSSES, OPTIMIZERS, SCHEDULES and the key lists re-exported here)
 
 
 def _option(config: dict[str, Any], key: str, allowed: tuple[str, ...]) -> str:
-    """config[key] checked against `allowed`; absent or null means the first (the historical behaviour)."""
-    value = config.get(key)
-    value = allowed[0] if value is None else str(value).lower()
-    if value not in allowed:
-        raise ConfigError(f"config {key}={config.get(key)!r} is not supported; use one of {', '.join(allowed)}")
-    return value
-
-
-# config keys every torch model understands (the shared loop reads them), beside those of its search-space file
-TORCH_CONFIG_KEYS = ("lr", "weight_decay", "batch_size", "max_epochs", "patience", "loss", "optimizer", "schedule",
-                     "grad_clip", "focal_gamma", "step_size", "ensemble")
-TRIAL_CONFIG_KEYS = ("scaling", "fold")  # read by the trial for any model: the loader's scaling, a k-fold store's fold
-TRIAL_CONFIG_KEYS += RESAMPLE_CONFIG_KEYS  # datasets: class imbalance (resample, resample_target, class_weight)
-TRIAL_CONFIG_KEYS += IMAGE_CONFIG_KEYS  # datasets: a gene-pair task's image (bins, sigma)
+    """config[key] checked as options.py declares it; absent or null means the default (the first of `allowed`)."""
+    return option(config, key)
 
 
 def config_keys(family: str) -> tuple[str, ...]:
@@ -95,19 +82,17 @@ def config_keys(family: str) -> tuple[str, ...]:
     return (*TRIAL_CONFIG_KEYS, *(TORCH_CONFIG_KEYS if family == "torch" else ()))
 
 
-def check_config(entry: ModelEntry, config: dict[str, Any], task: Task) -> None:
-    """Raise ConfigError for a configuration a trial would reject, before any trial starts (the CLI's check)."""
-    from omicsweep.datasets.loader import check_scaling
+def check_config(
+    entry: ModelEntry, config: dict[str, Any], task: Task, *, where: str | None = None,
+    sources: dict[str, str] | None = None,
+) -> None:
+    """Raise ConfigError for a configuration a trial would reject, before any trial starts (the CLI's check).
 
+    The shared options are validated by their typed declaration (options.py): one message per bad key, naming
+    `where` the configuration came from (default: the model's search-space file) or the key's own `sources`
+    entry (e.g. '--set'); then the model is built once."""
+    validate_options(config, family=entry.family, where=str(where or entry.space_file), sources=sources)
     try:
-        check_scaling(config.get("scaling"))
-        check_resample_config(config, family=entry.family)  # datasets: class imbalance options
-        if entry.family == "torch":
-            for key, allowed in (("loss", LOSSES), ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
-                _option(config, key, allowed)
-            ensemble_size(config)
-            for key in ("lr", "batch_size", "max_epochs", "patience"):
-                float(config[key])
         entry.build(config, task)
     except ConfigError:
         raise
