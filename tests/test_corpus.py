@@ -26,6 +26,7 @@ def corpus(tmp_path_factory):
     return out, build_corpus([PBMC3K, ZHENG], GENE2VEC_VOCAB, out, seed=0)
 
 
+@pytest.mark.shared_data
 def test_corpus_on_the_gene2vec_vocabulary(corpus):
     out, summary = corpus
     pbmc, zheng = summary["inputs"]
@@ -54,6 +55,7 @@ def test_corpus_on_the_gene2vec_vocabulary(corpus):
     assert tokens.shape == (8, 24448) and int(tokens.max()) <= 5
 
 
+@pytest.mark.shared_data
 def test_exclude_test_of_a_store_leaves_its_test_cells_out(tmp_path):
     small = tmp_path / "pbmc3k.h5ad"
     ad.read_h5ad(PBMC3K)[:600].write_h5ad(small)
@@ -73,6 +75,7 @@ def test_exclude_test_of_a_store_leaves_its_test_cells_out(tmp_path):
         build_corpus([ZHENG], vocab, tmp_path / "other.zarr", exclude_test_of=store_path)
 
 
+@pytest.mark.shared_data
 def test_vocabulary_and_overlap_errors_leave_nothing(tmp_path, cli):
     dup = tmp_path / "dup.txt"
     dup.write_text("CD3E\nLYZ\nCD3E\n")
@@ -104,6 +107,7 @@ def test_genes_match_case_insensitively_and_duplicates_add_up(tmp_path):
     assert item["counts_kept_fraction"] == pytest.approx(11 / 21)
 
 
+@pytest.mark.shared_data
 def test_gene2vec_on_the_corpus_and_reading_it_back(corpus, tmp_path, cli):
     out, _ = corpus
     g2v = tmp_path / "g2v.txt"
@@ -144,6 +148,7 @@ def test_read_gene2vec_rejects_wrong_dimension_and_format(tmp_path):
         read_gene2vec(words, ["CD3E"])
 
 
+@pytest.mark.shared_data
 def test_synth_writes_a_corpus_on_a_vocabulary(tmp_path, cli):
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("\n".join(read_vocabulary(GENE2VEC_VOCAB)[:300]) + "\n")

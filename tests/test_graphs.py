@@ -62,6 +62,7 @@ def test_entrez_edge_lists_map_to_symbols_through_nodes_tsv(tmp_path):
     assert graph.coverage.edges_kept == 2
 
 
+@pytest.mark.shared_data
 def test_string_v12_folder_on_the_pbmc68k_genes(pbmc_store):
     from omicsweep.datasets import Store
 
@@ -180,6 +181,7 @@ def test_sweep_with_an_unusable_graph_is_one_line_exit_2(cli, pbmc_store, tmp_pa
     assert not out.exists()
 
 
+@pytest.mark.shared_data
 def test_train_with_string_records_the_graph_hash_reproduces_and_predicts(ray_session, pbmc_store, pbmc_h5ad, cli,
                                                                          tmp_path):
     from mlflow import MlflowClient

@@ -28,6 +28,7 @@ def _actinn_expression(store):
     return matrix, {g.lower(): i for i, g in enumerate(store.genes())}
 
 
+@pytest.mark.shared_data
 def test_images_are_cnnc_histograms_of_the_expression(pair_store, actinn_store):
     from scipy.ndimage import gaussian_filter
 
@@ -51,6 +52,7 @@ def test_images_are_cnnc_histograms_of_the_expression(pair_store, actinn_store):
     assert store.read_rows(0, 5).shape == (5, 16 * 16)
 
 
+@pytest.mark.shared_data
 def test_ingest_pairs_reports_the_overlap_drops_missing_genes_and_keeps_parts_whole(cli, actinn_store, tmp_path):
     from omicsweep.datasets import Store
 
@@ -79,6 +81,7 @@ def test_ingest_pairs_reports_the_overlap_drops_missing_genes_and_keeps_parts_wh
         assert f"fold {fold}: train {len(store.split_indices('train', fold))}" in stdout
 
 
+@pytest.mark.shared_data
 def test_gene2vec_pairs_keep_their_given_split(cli, pbmc_store, tmp_path):
     folder = SHARED_DATA / "gene2vec_ggipnn_pairs"
     out = tmp_path / "g2v.zarr"
@@ -103,6 +106,7 @@ def test_gene2vec_pairs_keep_their_given_split(cli, pbmc_store, tmp_path):
     ("unknown_genes", ["bad.txt", "none of its 3 pairs", "check the organism"]),
     ("bad_folds", ["--folds 1"]),
 ])
+@pytest.mark.shared_data
 def test_bad_pair_input_is_one_line_and_writes_nothing(cli, actinn_store, tmp_path, case, needles):
     rows = {"two_fields": "stat3\ttonsl\t1\nstat3 tonsl\n", "bad_label": "stat3\ttonsl\t7\n",
             "unknown_genes": "nogene1\tnogene2\t1\nnogene2\tnogene1\t2\nnogene1\tnogene3\t0\n"}
@@ -116,6 +120,7 @@ def test_bad_pair_input_is_one_line_and_writes_nothing(cli, actinn_store, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["bad.txt"] + (["bad_num.txt"] * (case != "no_parts")))
 
 
+@pytest.mark.shared_data
 def test_a_changed_expression_store_is_refused(actinn_store, tmp_path):
     from omicsweep.datasets.pairs import PairIngestOptions, ingest_pairs
 
@@ -138,6 +143,7 @@ def test_prediction_collapse_flags_a_majority_collapse_not_imbalanced_truth():
     assert prediction_collapse(balanced, np.where(np.arange(300) < 200, 2, balanced), 3)["degenerate"] == 0.0
 
 
+@pytest.mark.shared_data
 def test_sweep_refuses_models_that_do_not_take_pair_images(cli, pair_store):
     assert_one_line_error(*cli("sweep", "--dataset", pair_store, "--model", "cnnc,knn"),
                           "model knn does not accept gene_pair_image", "cnnc, logreg, majority, random")
@@ -153,6 +159,7 @@ def test_all_models_of_a_pair_task_are_cnnc_its_baseline_and_the_controls():
 
 
 @pytest.mark.slow
+@pytest.mark.shared_data
 def test_sweep_on_pairs_flags_the_collapsed_control_on_the_leaderboard_and_in_mlflow(cli, ray_session, pair_store, tmp_path):
     import polars as pl
     from mlflow import MlflowClient
@@ -207,6 +214,7 @@ def _logged_test_predictions(out, run_id, folder):
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::UserWarning")  # MLflow's advice to add type hints to predict
+@pytest.mark.shared_data
 def test_predict_export_and_report_work_on_a_cnnc_run(cnnc_trained, cli, pair_store, tmp_path):
     import mlflow
     import pandas as pd
@@ -251,6 +259,7 @@ def test_predict_export_and_report_work_on_a_cnnc_run(cnnc_trained, cli, pair_st
 
 
 @pytest.mark.slow
+@pytest.mark.shared_data
 def test_a_pair_model_refuses_cells_and_writes_its_pairs_as_csv_only(cnnc_trained, cli, pair_store, tmp_path):
     out, run = cnnc_trained
     cells = SHARED_DATA / "actinn_mouse_immune" / "actinn_train_set.h5ad"

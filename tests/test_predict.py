@@ -179,6 +179,7 @@ def test_export_serves_a_random_forest_and_report_draws_the_baselines(baselines_
 
 
 @pytest.mark.slow
+@pytest.mark.shared_data
 def test_a_corrupt_or_tampered_estimator_checkpoint_is_a_one_line_error(baselines_swept, cli, pbmc_h5ad, pair_store,
                                                                        tmp_path):
     import os

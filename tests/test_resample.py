@@ -243,6 +243,7 @@ def _trial(store_path, model: str, options: dict) -> tuple[list[dict], dict]:
      {"resample": "over", "resample_target": 40}, {"class_weight": "balanced"}],
     ids=["none", "over", "under", "smote", "over-target", "class-weight"],
 )
+@pytest.mark.shared_data
 def test_real_trial_finishes_with_each_imbalance_option(baron_store, model, options, tmp_path):
     if model == "mlp" and "class_weight" in options:
         options = {"loss": "weighted_ce"}  # torch models' class weights
@@ -257,6 +258,7 @@ def test_real_trial_finishes_with_each_imbalance_option(baron_store, model, opti
 
 
 @pytest.mark.slow
+@pytest.mark.shared_data
 def test_train_command_runs_a_resampled_trial_through_ray(ray_session, baron_store, cli, tmp_path):
     out = tmp_path / "run"
     code, stdout, stderr = cli("train", "--dataset", baron_store, "--model", "logreg", "--set", "resample=smote",
