@@ -75,3 +75,19 @@ def test_reproduce_unknown_run_is_a_user_error(cli, tmp_path):
     _client(default_tracking_uri(tmp_path)).search_experiments()  # creates an empty store
     code, _, stderr = cli("reproduce", "0123456789abcdef", "--out", tmp_path)
     assert code == 2 and "not found" in stderr
+
+
+@pytest.mark.parametrize("missing", ["omicsweep.config", "omicsweep.training_setup"])
+def test_a_trial_run_without_its_record_tags_is_a_user_error(cli, tmp_path, missing):
+    """Every trial and re-run omicsweep tracks carries its config and training setup; a run without one was not
+    written by this version's sweep, and `reproduce` says which tag is missing instead of guessing from params."""
+    from omicsweep.reports.tracking import MlflowRecorder
+
+    recorder = MlflowRecorder(default_tracking_uri(tmp_path))
+    recorder.start_sweep(dataset="d", model="majority", params={"workers_per_trial": 1}, tags={})
+    tags = {"omicsweep.seed": "0", "omicsweep.config": "{\"seed\": 0}", "omicsweep.training_setup": "single cpu=1"}
+    run_id = recorder.start_trial("t1", params={"seed": 0}, tags={k: v for k, v in tags.items() if k != missing})
+    recorder.end_trial("t1", status="FINISHED")
+    code, stdout, stderr = cli("reproduce", run_id, "--out", tmp_path)
+    assert code == 2, stdout + stderr
+    assert missing in stderr and len(stderr.strip().splitlines()) == 1

@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omicsweep.benchmark.trial import RESOURCE_KEYS, TrialContext, execute_trial, training_setup
+from omicsweep.benchmark.trial import TrialContext, execute_trial, training_setup
 from omicsweep.environment import git_commit, package_versions
 from omicsweep.errors import InputError
+from omicsweep.schema import EPOCHS_RUN, LOGGED_PREFIXES, RESOURCE_KEYS, SEARCH_METRIC
 
-COMPARED_PREFIXES = ("train_", "val_", "test_")
-COMPARED_KEYS = ("best_val", "epoch")
-NOT_COMPARED = {"epoch_time_s", "time_total_s", "overhead_s", "epochs_run", *RESOURCE_KEYS}
+COMPARED_PREFIXES = LOGGED_PREFIXES
+COMPARED_KEYS = (SEARCH_METRIC, "epoch")
+NOT_COMPARED = {"epoch_time_s", "time_total_s", "overhead_s", EPOCHS_RUN, *RESOURCE_KEYS}
 
 
 @dataclass

@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from omicsweep.benchmark.trial import TrialContext, execute_trial, training_setup, with_resources
+from omicsweep.schema import PREDICTIONS_FILE, RERUN_SEED_KEY
 
-RERUN_ROLE = "seed-rerun"
-RERUN_OF_TAG = "omicsweep.rerun_of"  # the Ray trial id of the configuration re-run
 TUNE_ACTOR_CPU = 0.01  # a distributed trial's Tune actor, as in the sweep: its Train workers hold the real CPUs
 
 
@@ -37,9 +36,6 @@ class RerunOutcome:
 def rerun_seeds(sweep_seed: int, n: int) -> list[int]:
     """n fresh training seeds, distinct from the sweep seed and identical for every model of that sweep."""
     return [sweep_seed + 1000 * (i + 1) for i in range(n)]
-
-
-PREDICTIONS_FILE = "test_predictions.npz"
 
 
 def _train(context: TrialContext, config: dict[str, Any]) -> tuple[list[dict[str, Any]], bytes | None]:
@@ -107,7 +103,7 @@ def train_through_tune(
     `predictions`, it is filled with each seed's best-checkpoint test_predictions.npz."""
     from ray import tune
 
-    from omicsweep.benchmark.trial import RERUN_SEED_KEY, run_trial
+    from omicsweep.benchmark.tune_trial import run_trial
 
     class Collector(tune.Callback):
         """Every result of every re-run, on the driver, by seed."""

@@ -24,6 +24,7 @@ from typing import Any
 
 from omicsweep.atomic import atomic_write_text
 from omicsweep.errors import InputError
+from omicsweep.schema import RERUN_ROLE, SEARCH_METRIC, TRIAL_ROLE
 
 OPTIONS_FILE = "sweep.json"
 STATE_FILE = "sweep-state.json"
@@ -34,7 +35,7 @@ class PriorTrial:
     """A trial (or seed re-run) the tracking store holds from before the driver died."""
 
     trial_id: str
-    role: str  # 'trial' or 'seed-rerun'
+    role: str  # TRIAL_ROLE or RERUN_ROLE
     status: str  # FINISHED, FAILED, or RUNNING (interrupted: its run has been deleted)
     config: dict[str, Any]
     metrics: dict[str, float] = field(default_factory=dict)
@@ -48,10 +49,10 @@ class SweepHistory:
     trials: list[PriorTrial] = field(default_factory=list)
 
     def done(self) -> list[PriorTrial]:
-        return [t for t in self.trials if t.role == "trial" and t.status in ("FINISHED", "FAILED")]
+        return [t for t in self.trials if t.role == TRIAL_ROLE and t.status in ("FINISHED", "FAILED")]
 
     def interrupted(self) -> list[PriorTrial]:
-        return [t for t in self.trials if t.role == "trial" and t.status not in ("FINISHED", "FAILED")]
+        return [t for t in self.trials if t.role == TRIAL_ROLE and t.status not in ("FINISHED", "FAILED")]
 
     def evaluated(self, names: list[str], metric: str) -> list[tuple[dict[str, Any], float | None]]:
         """(searched values, `metric`: best_val) of each done trial, for the resumed study; None for a failed one."""
@@ -59,7 +60,7 @@ class SweepHistory:
                 for t in self.done()]
 
     def reruns_done(self) -> set[int]:
-        return {int(t.config.get("seed", -1)) for t in self.trials if t.role == "seed-rerun" and t.status == "FINISHED"}
+        return {int(t.config.get("seed", -1)) for t in self.trials if t.role == RERUN_ROLE and t.status == "FINISHED"}
 
 
 def prepare_study(storage, name: str, *, distributions: dict[str, Any], history: SweepHistory | None):
@@ -69,8 +70,6 @@ def prepare_study(storage, name: str, *, distributions: dict[str, Any], history:
     the tracking store's record: finished trials with their best_val, failed ones as FAIL."""
     import optuna
     from optuna.trial import TrialState, create_trial
-
-    from omicsweep.benchmark.sweep_tracking import SEARCH_METRIC
 
     study = optuna.create_study(storage=storage, study_name=name, direction="maximize", load_if_exists=True)
     if history is None:

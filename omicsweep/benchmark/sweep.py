@@ -21,23 +21,17 @@ from omicsweep.benchmark.resume import SweepHistory
 from omicsweep.benchmark.searchers import DEFAULT_SCHEDULER, DEFAULT_SEARCHER, StudyRef, study_name, study_url
 from omicsweep.benchmark.space import SearchSpace
 from omicsweep.datasets.remote import canonical_location
-from omicsweep.benchmark.sweep_tracking import (  # noqa: F401 - re-exported: reports and the CLI import them here
-    CHECKPOINT_ARTIFACTS,
-    CONFIG_TAG,
-    SCHEDULER_TAG,
-    SEARCH_METRIC,
-    SEARCHER_TAG,
-    STORE_TAG,
-    THREADS_TAG,
-    NullProgress,
-    Recorder,
-    TrackingCallback,
-    config_json,
-    logged_metrics,
-)
-from omicsweep.benchmark.trial import TRAINING_SETUP_TAG, TrialContext, run_trial, training_setup
+from omicsweep.benchmark.sweep_tracking import NullProgress, Recorder, TrackingCallback, config_json, logged_metrics
+from omicsweep.benchmark.trial import TrialContext, training_setup
+from omicsweep.benchmark.tune_trial import run_trial
 from omicsweep.environment import git_commit, package_versions
 from omicsweep.errors import SweepInterrupted
+from omicsweep.schema import (
+    CLASSES_FILE, CODE_TAG, CONFIG_TAG, EPOCHS_RUN, FINGERPRINT_TAG, GENES_FILE, METRIC_TAG,
+    PACKAGES_TAG, PREDICTIONS_FILE, RERUN_OF_TAG, RERUN_PREDICTIONS, RERUN_ROLE, SCHEDULER_TAG, SEARCH_METRIC,
+    SEARCHER_TAG, SEED_TAG, STORE_TAG, THREADS_TAG, TRAINING_SETUP_TAG, VAL_PREFIX,
+)
+
 
 @dataclass
 class SweepRequest:
@@ -245,7 +239,8 @@ def _open_sweep(request: SweepRequest, recorder: Recorder, context: TrialContext
     parent = recorder.start_sweep(
         dataset=request.dataset,
         model=request.model,
-        params={"trials": request.n_trials, "concurrency": request.concurrency, "metric": f"val_{request.metric}",
+        params={"trials": request.n_trials, "concurrency": request.concurrency,
+                "metric": f"{VAL_PREFIX}{request.metric}",
                 "seed": request.seed, "space_file": str(request.space.path), "ray_experiment": name,
                 "workers_per_trial": context.workers, "gpus_per_trial": context.gpus,
                 "deepspeed": _json(context.deepspeed), "max_failures": request.max_failures,
@@ -253,14 +248,14 @@ def _open_sweep(request: SweepRequest, recorder: Recorder, context: TrialContext
                 **scheduler_settings(request.scheduler, max_t=int(defaults.get("max_epochs", 1))),
                 **{f"default.{k}": v for k, v in defaults.items()}},
         tags={
-            "omicsweep.fingerprint": request.fingerprint,
+            FINGERPRINT_TAG: request.fingerprint,
             STORE_TAG: context.store_path,
             THREADS_TAG: str(context.threads),
             TRAINING_SETUP_TAG: training_setup(context),
-            "omicsweep.seed": str(request.seed),
-            "omicsweep.metric": f"val_{request.metric}",
-            "omicsweep.code_version": git_commit(),
-            "omicsweep.packages": _json(package_versions()),
+            SEED_TAG: str(request.seed),
+            METRIC_TAG: f"{VAL_PREFIX}{request.metric}",
+            CODE_TAG: git_commit(),
+            PACKAGES_TAG: _json(package_versions()),
             # what proposed and what stopped the trials, so the leaderboard can tell such sweeps apart
             SEARCHER_TAG: request.searcher if request.space.dimensions else "none",
             SCHEDULER_TAG: request.scheduler,
@@ -344,11 +339,9 @@ def run_sweep(request: SweepRequest, recorder: Recorder, *, progress=None) -> Sw
 
 def best_trial(tracker: TrackingCallback) -> str | None:
     """The completed trial with the highest best validation value (selection never looks at test)."""
-    scored = [(float(tracker.last[t]["best_val"]), t) for t in tracker.completed if "best_val" in tracker.last.get(t, {})]
+    scored = [(float(tracker.last[t][SEARCH_METRIC]), t) for t in tracker.completed
+              if SEARCH_METRIC in tracker.last.get(t, {})]
     return max(scored)[1] if scored else None
-
-
-RERUN_PREDICTIONS = "predictions"  # artifact folder of a seed re-run's run: its test_predictions.npz
 
 
 def record_seed_reruns(
@@ -357,7 +350,7 @@ def record_seed_reruns(
     """Re-run the best configuration with `request.seeds` fresh seeds, each a child run of role 'seed-rerun'
     trained the way its trial was and tagged with the setup it actually had (seeds in `done` were recorded
     before a resumed sweep's driver died)."""
-    from omicsweep.benchmark.reruns import RERUN_OF_TAG, RERUN_ROLE, rerun_seeds, run_seed_reruns
+    from omicsweep.benchmark.reruns import rerun_seeds, run_seed_reruns
 
     best = best_trial(tracker)
     if request.seeds <= 0 or best is None:
@@ -373,17 +366,17 @@ def record_seed_reruns(
         full = {**config, "seed": seed}
         recorder.start_trial(
             run_key, params=full, role=RERUN_ROLE,
-            tags={"omicsweep.seed": str(seed), CONFIG_TAG: config_json(full), RERUN_OF_TAG: best,
+            tags={SEED_TAG: str(seed), CONFIG_TAG: config_json(full), RERUN_OF_TAG: best,
                   TRAINING_SETUP_TAG: outcome.setup},
         )
         for result in results or []:
             recorder.log_result(run_key, logged_metrics(result), step=int(result.get("epoch", 0)))
         if results:
             epochs = int(results[-1].get("epoch", len(results)))
-            recorder.log_result(run_key, {"epochs_run": epochs}, step=epochs)
+            recorder.log_result(run_key, {EPOCHS_RUN: epochs}, step=epochs)
         if outcome.predictions is not None:  # the leaderboard pairs the re-runs' test cells across models
             with tempfile.TemporaryDirectory(prefix="omicsweep-rerun-") as folder:
-                (Path(folder) / "test_predictions.npz").write_bytes(outcome.predictions)
+                (Path(folder) / PREDICTIONS_FILE).write_bytes(outcome.predictions)
                 recorder.log_artifacts(run_key, folder, artifact_path=RERUN_PREDICTIONS)
         recorder.end_trial(run_key, status="FAILED" if outcome.error else "FINISHED", error=outcome.error)
     return time.time() - started
@@ -398,7 +391,7 @@ def write_dataset_files(store_path: Path, folder: Path) -> None:
     from omicsweep.datasets.store import open_store
 
     store = open_store(store_path)
-    (folder / "genes.txt").write_text("\n".join(store.genes()) + "\n")
-    (folder / "classes.json").write_text(json.dumps(
+    (folder / GENES_FILE).write_text("\n".join(store.genes()) + "\n")
+    (folder / CLASSES_FILE).write_text(json.dumps(
         {"classes": store.classes, "fingerprint": store.fingerprint, "value_kind": store.provenance.get("value_kind")}
     ))

@@ -15,25 +15,28 @@ from typing import Any, Protocol
 
 from ray.tune import Callback
 
-from omicsweep.benchmark.trial import RESOURCE_KEYS, TRAINING_SETUP_TAG, TrialContext, trial_config, training_setup
+from omicsweep.benchmark.trial import TrialContext, trial_config, training_setup
+from omicsweep.schema import (
+    CHECKPOINT_ARTIFACTS,
+    CONFIG_TAG,
+    EPOCHS_RUN,
+    LOGGED_PREFIXES,
+    RESOURCE_KEYS,
+    SEARCH_METRIC,
+    SEED_TAG,
+    TRAINING_SETUP_TAG,
+    TRIAL_ROLE,
+)
 
-# what the searcher, ASHA, the sweep's best and a resumed study rank trials by: the best validation value so far,
-# reported with every epoch's result (benchmark/training.py)
-SEARCH_METRIC = "best_val"
-LOGGED_PREFIXES = ("train_", "val_", "test_")
 LOGGED_KEYS = ("epoch", SEARCH_METRIC, "epoch_time_s", "time_total_s", *RESOURCE_KEYS)
-CONFIG_TAG = "omicsweep.config"  # the trial's full configuration as JSON: what `omicsweep reproduce` re-runs
-STORE_TAG = "omicsweep.store_path"
-THREADS_TAG = "omicsweep.threads"
-SEARCHER_TAG = "omicsweep.searcher"  # on a sweep's parent run: the --searcher (none where nothing is searched)
-SCHEDULER_TAG = "omicsweep.scheduler"  # on a sweep's parent run: the --scheduler
-CHECKPOINT_ARTIFACTS = "checkpoint"  # artifact folder of a trial's run holding its best checkpoint
 
 
 class Recorder(Protocol):
     def start_sweep(self, *, dataset: str, model: str, params: dict[str, Any], tags: dict[str, str]) -> str: ...
     def end_sweep(self, *, status: str, summary: dict[str, float]) -> None: ...
-    def start_trial(self, trial_id: str, *, params: dict[str, Any], tags: dict[str, str], role: str = "trial") -> str: ...
+    def start_trial(
+        self, trial_id: str, *, params: dict[str, Any], tags: dict[str, str], role: str = TRIAL_ROLE
+    ) -> str: ...
     def log_result(self, trial_id: str, metrics: dict[str, Any], *, step: int) -> None: ...
     def end_trial(self, trial_id: str, *, status: str, error: str | None = None) -> None: ...
     def resume_sweep(self, parent_run_id: str) -> list: ...
@@ -98,7 +101,7 @@ class TrackingCallback(Callback):
         self.recorder.start_trial(
             trial.trial_id,
             params=config,
-            tags={"omicsweep.seed": str(self.context.seed), CONFIG_TAG: config_json(config),
+            tags={SEED_TAG: str(self.context.seed), CONFIG_TAG: config_json(config),
                   TRAINING_SETUP_TAG: training_setup(self.context)},
         )
         self.progress.update(self)
@@ -125,7 +128,7 @@ class TrackingCallback(Callback):
         last = self.last.get(trial.trial_id, {})
         if "epoch" in last:  # ASHA may have stopped it early: `reproduce` re-runs exactly this many epochs
             epochs = int(last["epoch"])
-            self.recorder.log_result(trial.trial_id, {"epochs_run": epochs}, step=epochs)
+            self.recorder.log_result(trial.trial_id, {EPOCHS_RUN: epochs}, step=epochs)
         try:
             self._log_checkpoint(trial)
         except Exception as exc:  # an artifact store hiccup must not abort the sweep; the metrics are logged

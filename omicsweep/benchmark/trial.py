@@ -1,15 +1,19 @@
-"""The one trainable every model runs through: seed -> data -> model -> fit -> per-epoch report + checkpoint."""
+"""The one trainable every model runs through: seed -> data -> model -> fit -> per-epoch report + checkpoint.
+
+This module imports no Ray: the same `execute_trial` runs in a Tune trial (benchmark/tune_trial.py), a Ray Train
+worker (benchmark/distributed.py), a seed re-run and `omicsweep reproduce` in this process.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from omicsweep.errors import InputError
+from omicsweep.schema import WORLD_SIZE_KEY
 
 
 @dataclass(frozen=True)
@@ -35,11 +39,6 @@ class TrialContext:
     @property
     def distributed(self) -> bool:
         return self.workers > 1 or self.deepspeed is not None
-
-
-TRAINING_SETUP_TAG = "omicsweep.training_setup"  # = reports.tracking.TRAINING_SETUP_TAG (benchmark imports no reports)
-WORLD_SIZE_KEY = "world_size"  # every result carries the processes it trained in, as training saw them
-RERUN_SEED_KEY = "omicsweep.rerun_seed"  # in a Tune config: train with this seed instead of the context's
 
 
 def training_setup(context: TrialContext) -> str:
@@ -132,25 +131,12 @@ def execute_trial(context: TrialContext, sampled: dict[str, Any], report: Callab
 
 @contextlib.contextmanager
 def checkpoint_folder(files: dict[str, Callable[[str], None]]) -> Iterator[str]:
-    """A temporary folder holding the fitter's checkpoint files, for Tune or Train to upload while it exists."""
+    """A temporary folder holding the fitter's checkpoint files, for Tune or Train to upload while it exists
+    (benchmark/tune_trial.py, benchmark/distributed.py)."""
     with tempfile.TemporaryDirectory(prefix="omicsweep-ckpt-") as folder:
         for name, write in files.items():
             write(os.path.join(folder, name))
         yield folder
-
-
-def tune_report(metrics: dict[str, Any], files: dict[str, Callable[[str], None]] | None) -> None:
-    """Send one result to Ray Tune, with a checkpoint folder when the fitter provided files."""
-    from ray import tune
-
-    if not files:
-        tune.report(metrics)
-        return
-    with checkpoint_folder(files) as folder:
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
-
-
-RESOURCE_KEYS = ("trial_wall_s", "cpu_s", "peak_rss_mb", WORLD_SIZE_KEY)  # logged, never compared by `reproduce`
 
 
 def with_resources(report: Callable) -> Callable:
@@ -195,20 +181,3 @@ def faulty(report: Callable, context: TrialContext, sampled: dict[str, Any]) -> 
     plan = parse_faults(context.faults)
     key = trial_key(context.seed, trial_config(context, sampled))
     return with_faults(report, plan, key=key, marker_dir=context.fault_dir)
-
-
-def run_trial(config: dict[str, Any], context: TrialContext) -> None:
-    """Ray Tune function trainable (bind `context` with tune.with_parameters).
-
-    A seed re-run (benchmark/reruns.py) passes its seed as `RERUN_SEED_KEY` in the config, so one Tune
-    experiment trains every seed of the best configuration exactly the way its trial trained.
-    """
-    if RERUN_SEED_KEY in config:
-        config = dict(config)
-        context = dataclasses.replace(context, seed=int(config.pop(RERUN_SEED_KEY)))
-    if context.distributed:
-        from omicsweep.benchmark.distributed import run_on_workers
-
-        run_on_workers(config, context)
-        return
-    execute_trial(context, config, faulty(with_resources(tune_report), context, config))

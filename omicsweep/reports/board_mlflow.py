@@ -13,12 +13,8 @@ from pathlib import Path
 
 import polars as pl
 
-from omicsweep.reports.tracking import ROLE_TAG, _client
-
-BOARD_ROLE = "leaderboard"
-RANK_TAG = "omicsweep.rank"
-SCALED_TAG = "omicsweep.scaled_score"
-SECTION_TAG = "omicsweep.section"
+from omicsweep.reports.tracking import _client
+from omicsweep.schema import BOARD_ROLE, RANK_TAG, ROLE_TAG, SCALED_TAG, SECTION_TAG, TOP_TAG
 
 
 def _board_run(client, experiment_id: str) -> str:
@@ -47,7 +43,7 @@ def publish_leaderboard(tracking_uri: str, table: pl.DataFrame) -> dict[str, str
             (folder / "leaderboard.html").write_text(leaderboard_page(part, source=tracking_uri), encoding="utf-8")
             client.log_artifacts(run_id, str(folder))
         tops = [f"{label}: {top['model'][0]}" for (label,), top in part.group_by(["section"], maintain_order=True)]
-        client.set_tag(run_id, "omicsweep.top", "; ".join(tops)[:5000])
+        client.set_tag(run_id, TOP_TAG, "; ".join(tops)[:5000])
         published[experiment_id] = run_id
         for row in part.iter_rows(named=True):
             for sweep_id in (row["sweep_run_ids"] or "").split(","):

@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 from omicsweep.reports.tracking import download_checkpoint, read_trial_record
+from omicsweep.schema import CHECKPOINT_ARTIFACTS
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 
@@ -51,7 +52,7 @@ def export_model(tracking_uri: str, run_id: str, name: str) -> tuple[str, str]:
                 info = mlflow.pyfunc.log_model(
                     name="model",
                     python_model=str(PYFUNC_CODE),
-                    artifacts={"checkpoint": str(folder)},
+                    artifacts={CHECKPOINT_ARTIFACTS: str(folder)},
                     model_config={"model": record.model},
                     signature=model_signature(trained.genes),
                     pip_requirements=pip_requirements(),

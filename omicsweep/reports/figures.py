@@ -16,9 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from omicsweep.reports import plots
-from omicsweep.reports.tracking import DATASET_TAG, MODEL_TAG, PARENT_TAG, ROLE_TAG, _client
-
-PLOTS_ARTIFACTS = "plots"
+from omicsweep.reports.tracking import _client
+from omicsweep.schema import (
+    DATASET_TAG, FINGERPRINT_TAG, METRIC_TAG, MODEL_TAG, PARENT_TAG, PLOTS_ARTIFACTS, PREDICTIONS_FILE, ROLE_TAG,
+    SEARCH_METRIC, STORE_TAG, TRIAL_ROLE,
+)
 
 
 @dataclass
@@ -57,7 +59,7 @@ def test_predictions(tracking_uri: str, run, folder: Path) -> Predictions:
     if store is not None:
         labels = store.labels()
         train_counts = np.bincount(labels[store.split_indices("train")], minlength=len(trained.classes))
-    saved = checkpoint / "test_predictions.npz"
+    saved = checkpoint / PREDICTIONS_FILE
     if saved.exists():
         with np.load(saved, allow_pickle=False) as arrays:
             return Predictions(np.asarray(arrays["y_true"], dtype=np.int64), np.asarray(arrays["proba"]),
@@ -71,14 +73,13 @@ def test_predictions(tracking_uri: str, run, folder: Path) -> Predictions:
 
 
 def _store(run):
-    from omicsweep.benchmark.sweep import STORE_TAG
     from omicsweep.datasets.store import open_store
 
     path = run.data.tags.get(STORE_TAG)
     if not path or not Path(path).exists():
         return None
     store = open_store(path)
-    return store if store.fingerprint == run.data.tags.get("omicsweep.fingerprint") else None
+    return store if store.fingerprint == run.data.tags.get(FINGERPRINT_TAG) else None
 
 
 def _loss_history(client, run_id: str) -> dict[str, list[tuple[int, float]]]:
@@ -118,13 +119,13 @@ def sweep_figures(client, sweep, trials: list) -> ModelFigures:
     """HPO history and hyperparameter importance of one sweep, from its finished trials."""
     dataset, model = sweep.data.tags.get(DATASET_TAG, "?"), sweep.data.tags.get(MODEL_TAG, "?")
     result = ModelFigures(dataset, model, sweep.info.run_id)
-    done = sorted((t for t in trials if t.info.status == "FINISHED" and "best_val" in t.data.metrics),
+    done = sorted((t for t in trials if t.info.status == "FINISHED" and SEARCH_METRIC in t.data.metrics),
                   key=lambda t: t.info.end_time or 0)
     if len(done) < 2:
         result.notes.append(f"{len(done)} finished trial(s): no HPO history or importance")
         return result
-    metric = sweep.data.tags.get("omicsweep.metric", "")
-    values = [t.data.metrics["best_val"] for t in done]
+    metric = sweep.data.tags.get(METRIC_TAG, "")
+    values = [t.data.metrics[SEARCH_METRIC] for t in done]
     elapsed = [((t.info.end_time or sweep.info.start_time) - sweep.info.start_time) / 1000 for t in done]
     result.figures.append(Figure("HPO history", plots.figure_png(plots.hpo_history_figure(
         values, elapsed, metric=metric, title=f"{dataset} / {model}: HPO history ({len(done)} trials)")), "hpo_history.png"))
@@ -162,14 +163,14 @@ def param_importances(trials: list) -> dict[str, float]:
             distributions[name] = FloatDistribution(float(min(values)), float(max(values)))
         else:
             distributions[name] = CategoricalDistribution(sorted({json.dumps(v, sort_keys=True) for v in values}))
-    if not distributions or len({float(t.data.metrics["best_val"]) for t in trials}) < 2:
+    if not distributions or len({float(t.data.metrics[SEARCH_METRIC]) for t in trials}) < 2:
         return {}  # fANOVA raises on trials that all scored the same (zero variance in all trees)
     study = optuna.create_study(direction="maximize")
     for trial, p in zip(trials, params):
         chosen = {n: (float(p[n]) if isinstance(d, FloatDistribution) else json.dumps(p[n], sort_keys=True))
                   for n, d in distributions.items()}
         study.add_trial(optuna.trial.create_trial(params=chosen, distributions=distributions,
-                                                  value=float(trial.data.metrics["best_val"])))
+                                                  value=float(trial.data.metrics[SEARCH_METRIC])))
     evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
     return dict(optuna.importance.get_param_importances(study, evaluator=evaluator))
 
@@ -202,7 +203,7 @@ def collect_figures(tracking_uri: str, table, *, attach_to_runs: bool = True) ->
         for sweep_id in (row["sweep_run_ids"] or "").split(","):
             if sweep_id in by_id:
                 trials = [r for r in runs if r.data.tags.get(PARENT_TAG) == sweep_id
-                          and r.data.tags.get(ROLE_TAG) == "trial"]
+                          and r.data.tags.get(ROLE_TAG) == TRIAL_ROLE]
                 found.append(sweep_figures(client, by_id[sweep_id], trials))
         if attach_to_runs:
             for figures in found:

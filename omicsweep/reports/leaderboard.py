@@ -22,16 +22,16 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from omicsweep.benchmark.reruns import RERUN_OF_TAG, RERUN_ROLE
 from omicsweep.reports import stats
-from omicsweep.reports.tracking import (
-    DATASET_TAG, DEGENERATE_METRIC, ERROR_TAG, FINGERPRINT_TAG, METRIC_TAG, MODEL_TAG, PARENT_TAG, ROLE_TAG,
-    SEED_TAG, TRAINING_SETUP_TAG, TRIAL_ID_TAG, _client,
+from omicsweep.reports.tracking import _client
+from omicsweep.schema import (
+    CHECKPOINT_ARTIFACTS, COMMAND_TAG, DATASET_TAG, DEGENERATE_METRIC, ERROR_TAG, FINGERPRINT_TAG, METRIC_TAG,
+    MODEL_TAG, PARENT_TAG, PREDICTIONS_FILE, RERUN_OF_TAG, RERUN_PREDICTIONS, RERUN_ROLE, ROLE_TAG, SCHEDULER_TAG,
+    SEARCH_METRIC, SEARCHER_TAG, SEED_TAG, SWEEP_ROLE, TEST_PREFIX, TRAIN_COMMAND, TRAINING_SETUP_TAG, TRIAL_ID_TAG,
+    TRIAL_ROLE, VAL_PREFIX,
 )
 
-COMMAND_TAG = "omicsweep.command"
-PREDICTION_FILES = ("checkpoint/test_predictions.npz", "predictions/test_predictions.npz")
-SEARCHER_TAG, SCHEDULER_TAG = "omicsweep.searcher", "omicsweep.scheduler"  # written by benchmark.sweep_tracking
+PREDICTION_FILES = tuple(f"{folder}/{PREDICTIONS_FILE}" for folder in (CHECKPOINT_ARTIFACTS, RERUN_PREDICTIONS))
 DEFAULT_SEARCH = "tpe/asha"
 TEST_COLUMNS = (
     "test_accuracy",
@@ -100,7 +100,7 @@ def _section_key(run) -> tuple[str, str, str]:
 def _row_key(run) -> tuple[str, str, str, str]:
     """(model, train | sweep, training setup, searcher/scheduler): sweeps that differ in any of them are rows apart."""
     tags = run.data.tags
-    kind = "train" if tags.get(COMMAND_TAG) == "train" else "sweep"
+    kind = "train" if tags.get(COMMAND_TAG) == TRAIN_COMMAND else "sweep"
     search = f"{tags.get(SEARCHER_TAG, 'tpe')}/{tags.get(SCHEDULER_TAG, 'asha')}" if kind == "sweep" else ""
     return tags.get(MODEL_TAG, "?"), kind, tags.get(TRAINING_SETUP_TAG, ""), search
 
@@ -140,9 +140,9 @@ class _Row:
         self.predictions: dict[int, stats.Predictions] = {}  # seed -> test predictions (best trial + re-runs)
 
     def select(self) -> None:
-        finished = [r for r in self.trials if r.info.status == "FINISHED" and "best_val" in r.data.metrics]
+        finished = [r for r in self.trials if r.info.status == "FINISHED" and SEARCH_METRIC in r.data.metrics]
         # ties broken by trial id, as the sweep's `best_trial` does when it picks the configuration to re-run
-        self.best = max(finished, key=lambda r: (r.data.metrics["best_val"], r.data.tags.get(TRIAL_ID_TAG, "")),
+        self.best = max(finished, key=lambda r: (r.data.metrics[SEARCH_METRIC], r.data.tags.get(TRIAL_ID_TAG, "")),
                         default=None)
         self.finished = finished
         if self.best is None:
@@ -167,7 +167,7 @@ class _Row:
 
 def build_leaderboard(tracking_uri: str) -> pl.DataFrame:
     client = _client(tracking_uri)
-    sweeps = {run.info.run_id: run for run in _all_runs(client, "sweep")}
+    sweeps = {run.info.run_id: run for run in _all_runs(client, SWEEP_ROLE)}
     rows: dict[tuple, _Row] = {}
 
     def row_of(run) -> _Row:  # trials and re-runs belong to their sweep's row (a re-run's own setup may differ)
@@ -175,7 +175,7 @@ def build_leaderboard(tracking_uri: str) -> pl.DataFrame:
         section, key = _section_key(owner), _row_key(owner)
         return rows.setdefault((section, key), _Row(section, key))
 
-    for run in _all_runs(client, "trial"):
+    for run in _all_runs(client, TRIAL_ROLE):
         row_of(run).trials.append(run)
     for run in _all_runs(client, RERUN_ROLE):
         row_of(run).reruns.append(run)
@@ -212,7 +212,7 @@ def _section_labels(sections: list[tuple[str, str, str]]) -> dict[tuple, str]:
 
 def _section_records(client, label: str, section: tuple[str, str, str], members: list[_Row]) -> list[dict]:
     dataset, fingerprint, metric = section
-    test_metric = "test_" + metric.removeprefix("val_")
+    test_metric = TEST_PREFIX + metric.removeprefix(VAL_PREFIX)
     for row in members:
         if row.best is not None:
             found = load_predictions(client, row.best)
@@ -222,7 +222,7 @@ def _section_records(client, label: str, section: tuple[str, str, str], members:
                 found = load_predictions(client, rerun)
                 if found is not None:
                     row.predictions[int(rerun.data.tags.get(SEED_TAG, -1))] = found
-    members.sort(key=lambda r: (r.best is None, -(r.best.data.metrics["best_val"] if r.best else 0), r.model, r.kind))
+    members.sort(key=lambda r: (r.best is None, -(r.best.data.metrics[SEARCH_METRIC] if r.best else 0), r.model, r.kind))
     top = members[0]
     tests = [None if row is top or row.best is None else _paired(top, row) for row in members]
     corrected = stats.holm([t.p_value if t else None for t in tests])
@@ -281,7 +281,7 @@ def _record(row: _Row, test_metric: str) -> dict:
         "sweep_run_ids": ",".join(sorted(s.info.run_id for s in row.sweeps)),
         "model": row.model, "kind": row.kind, "search": row.search or None, "role": _role_of(row.model),
         "training_setup": row.setup or None,
-        "best_val": best.data.metrics["best_val"] if best else None,
+        "best_val": best.data.metrics[SEARCH_METRIC] if best else None,
         **{c: (best.data.metrics.get(c) if best else None) for c in TEST_COLUMNS},
         "test_selected": best.data.metrics.get(test_metric) if best else None,
         "n_test": len(own.y_true) if own is not None else None,

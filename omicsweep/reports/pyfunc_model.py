@@ -10,12 +10,14 @@ from __future__ import annotations
 import mlflow
 from mlflow.pyfunc import PythonModel
 
+from omicsweep.schema import CHECKPOINT_ARTIFACTS
+
 
 class OmicsweepModel(PythonModel):
     def load_context(self, context) -> None:
         from omicsweep.benchmark.predict import load_trained_model
 
-        self.trained = load_trained_model(context.artifacts["checkpoint"], context.model_config["model"])
+        self.trained = load_trained_model(context.artifacts[CHECKPOINT_ARTIFACTS], context.model_config["model"])
 
     def predict(self, context, model_input, params=None):
         import numpy as np

@@ -13,20 +13,31 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROLE_TAG = "omicsweep.role"
-DATASET_TAG = "omicsweep.dataset"
-MODEL_TAG = "omicsweep.model"
-METRIC_TAG = "omicsweep.metric"
-FINGERPRINT_TAG = "omicsweep.fingerprint"
-SEED_TAG = "omicsweep.seed"
-ERROR_TAG = "omicsweep.error"
-PARENT_TAG = "mlflow.parentRunId"
-TRIAL_ID_TAG = "omicsweep.trial_id"
-CODE_TAG = "omicsweep.code_version"
-PACKAGES_TAG = "omicsweep.packages"
-TRAINING_SETUP_TAG = "omicsweep.training_setup"  # benchmark.trial.training_setup: "ddp workers=2 cpu=1 gpu=0", ...
-DEGENERATE_TAG = "omicsweep.degenerate"  # "true" when the best checkpoint's test predictions are almost all one class
-DEGENERATE_METRIC = "test_degenerate"  # benchmark.metrics.prediction_collapse, on the test split
+from omicsweep.schema import (
+    CHECKPOINT_ARTIFACTS,
+    CODE_TAG,
+    CONFIG_TAG,
+    DATASET_TAG,
+    DEGENERATE_METRIC,
+    DEGENERATE_TAG,
+    EPOCHS_RUN,
+    ERROR_TAG,
+    FINGERPRINT_TAG,
+    METRIC_TAG,
+    MODEL_TAG,
+    PACKAGES_TAG,
+    PARENT_TAG,
+    RERUN_ROLE,
+    ROLE_TAG,
+    SEED_TAG,
+    STORE_TAG,
+    SWEEP_ROLE,
+    THREADS_TAG,
+    TRAINING_SETUP_TAG,
+    TRIAL_ID_TAG,
+    TRIAL_ROLE,
+    VAL_PREFIX,
+)
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in a CLI's output
@@ -78,7 +89,7 @@ class MlflowRecorder:
         self.experiment_id = self._experiment(dataset)
         self._common_tags = {DATASET_TAG: dataset, MODEL_TAG: model, **tags}
         run = self.client.create_run(
-            self.experiment_id, run_name=f"sweep-{model}", tags={**self._common_tags, ROLE_TAG: "sweep"}
+            self.experiment_id, run_name=f"sweep-{model}", tags={**self._common_tags, ROLE_TAG: SWEEP_ROLE}
         )
         self.parent_id = run.info.run_id
         self._log_params(self.parent_id, params)
@@ -93,11 +104,10 @@ class MlflowRecorder:
         from mlflow.entities import RunStatus
 
         from omicsweep.benchmark.resume import PriorTrial
-        from omicsweep.benchmark.sweep import CONFIG_TAG
         from omicsweep.errors import InputError
 
         parent = get_run(self.tracking_uri, parent_run_id)
-        if parent.data.tags.get(ROLE_TAG) != "sweep":
+        if parent.data.tags.get(ROLE_TAG) != SWEEP_ROLE:
             raise InputError(f"run {parent_run_id}: not a sweep's parent run")
         self.parent_id, self.experiment_id = parent_run_id, parent.info.experiment_id
         keep = (DATASET_TAG, MODEL_TAG)
@@ -109,7 +119,7 @@ class MlflowRecorder:
             last_end = max(last_end, child.info.end_time or child.info.start_time or 0)
             trial_id, status = child.data.tags.get(TRIAL_ID_TAG, child.info.run_name), child.info.status
             config = json.loads(child.data.tags.get(CONFIG_TAG, "{}"))
-            priors.append(PriorTrial(trial_id=trial_id, role=child.data.tags.get(ROLE_TAG, "trial"), status=status,
+            priors.append(PriorTrial(trial_id=trial_id, role=child.data.tags.get(ROLE_TAG, TRIAL_ROLE), status=status,
                                      config=config, metrics=dict(child.data.metrics)))
             if status in ("FINISHED", "FAILED"):
                 self.trial_runs[trial_id] = child.info.run_id
@@ -138,7 +148,7 @@ class MlflowRecorder:
 
     # ---- trials -----------------------------------------------------------------------------------------------
     def start_trial(
-        self, trial_id: str, *, params: dict[str, Any], tags: dict[str, str], role: str = "trial"
+        self, trial_id: str, *, params: dict[str, Any], tags: dict[str, str], role: str = TRIAL_ROLE
     ) -> str:
         """A child run of the sweep; role 'trial' (a sampled configuration) or 'seed-rerun' (best one, new seed)."""
         assert self.parent_id is not None, "start_sweep first"
@@ -207,30 +217,22 @@ def get_run(tracking_uri: str, run_id: str):
         raise InputError(f"run {run_id}: not found in the tracking store {tracking_uri}") from None
 
 
-def _param(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
 def read_trial_record(tracking_uri: str, run_id: str):
     """A trial's (or seed re-run's) record as `benchmark.reproduce.TrialRecord`: config, seed, store, metrics."""
     from omicsweep.benchmark.reproduce import TrialRecord
-    from omicsweep.benchmark.sweep import CONFIG_TAG, STORE_TAG, THREADS_TAG
     from omicsweep.errors import InputError
 
     run = get_run(tracking_uri, run_id)
-    tags, params = run.data.tags, run.data.params
-    if tags.get(ROLE_TAG) not in ("trial", "seed-rerun"):
+    tags = run.data.tags
+    if tags.get(ROLE_TAG) not in (TRIAL_ROLE, RERUN_ROLE):
         raise InputError(f"run {run_id}: not a trial run (role {tags.get(ROLE_TAG)!r}); pass a trial's run id")
-    if CONFIG_TAG in tags:
-        config = json.loads(tags[CONFIG_TAG])
-    else:  # runs from before the config tag: params are JSON text, or plain strings
-        config = {k: _param(v) for k, v in params.items()}
-    metric = tags.get(METRIC_TAG, "val_accuracy").removeprefix("val_")
+    for tag in (CONFIG_TAG, TRAINING_SETUP_TAG):  # every trial and seed re-run the sweep tracks carries both
+        if tag not in tags:
+            raise InputError(f"run {run_id}: no {tag} tag; not a trial tracked by this version of omicsweep")
+    config = json.loads(tags[CONFIG_TAG])
+    metric = tags.get(METRIC_TAG, f"{VAL_PREFIX}accuracy").removeprefix(VAL_PREFIX)
     metrics = dict(run.data.metrics)
-    epochs = metrics.get("epochs_run")
+    epochs = metrics.get(EPOCHS_RUN)
     setup = _recorded_setup(tracking_uri, tags)
     return TrialRecord(
         run_id=run_id,
@@ -253,29 +255,23 @@ def read_trial_record(tracking_uri: str, run_id: str):
 
 def _recorded_setup(tracking_uri: str, tags: dict[str, str]) -> dict[str, Any]:
     """How the run trained, as TrialRecord fields: its training-setup tag, with the DeepSpeed settings from its
-    sweep's parameters; a run from before the tag gets its sweep's workers and GPUs (and `training_setup` None)."""
-    from omicsweep.benchmark.sweep import THREADS_TAG
+    sweep's parameters."""
     from omicsweep.benchmark.trial import parse_training_setup
 
-    text = tags.get(TRAINING_SETUP_TAG)
+    text = tags[TRAINING_SETUP_TAG]
     parent_id = tags.get(PARENT_TAG)
-    needs_parent = text is None or text.startswith("deepspeed")
-    params = get_run(tracking_uri, parent_id).data.params if parent_id and needs_parent else {}
-    deepspeed = json.loads(params.get("deepspeed", "null"))
-    if text is not None:
-        setup = parse_training_setup(text)
-        return {"training_setup": text, "workers": setup["workers"], "cpus": setup["cpus"], "gpus": setup["gpus"],
-                "deepspeed": deepspeed if setup["strategy"] == "deepspeed" else None}
-    threads = float(tags.get(THREADS_TAG, 1))
-    return {"training_setup": None, "workers": int(params.get("workers_per_trial", 1)), "cpus": threads,
-            "gpus": float(params.get("gpus_per_trial", 0.0)), "deepspeed": deepspeed}
+    deepspeed = None
+    if parent_id and text.startswith("deepspeed"):
+        deepspeed = json.loads(get_run(tracking_uri, parent_id).data.params.get("deepspeed", "null"))
+    setup = parse_training_setup(text)
+    return {"training_setup": text, "workers": setup["workers"], "cpus": setup["cpus"], "gpus": setup["gpus"],
+            "deepspeed": deepspeed if setup["strategy"] == "deepspeed" else None}
 
 
 def download_checkpoint(tracking_uri: str, run_id: str, folder: Path) -> Path:
     """A trial run's `checkpoint` artifacts copied into `folder`; an InputError when the run logged none."""
     from mlflow.exceptions import MlflowException
 
-    from omicsweep.benchmark.sweep import CHECKPOINT_ARTIFACTS
     from omicsweep.errors import InputError
 
     client = _client(tracking_uri)
