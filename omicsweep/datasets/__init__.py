@@ -1,7 +1,6 @@
 """Read, preprocess, store and stream expression data. Imports neither Ray nor MLflow."""
 
 from omicsweep.datasets.align import AlignedStore, align_to_genes
-from omicsweep.datasets.builtin import available_datasets, resolve_dataset
 from omicsweep.datasets.ingest import IngestOptions, ingest_anndata, ingest_file
 from omicsweep.datasets.loader import (
     SCALINGS,
@@ -15,6 +14,7 @@ from omicsweep.datasets.loader import (
 from omicsweep.datasets.preprocess import RECIPES
 from omicsweep.datasets.registered import register_dataset, registered_datasets
 from omicsweep.datasets.resample import RESAMPLES
+from omicsweep.datasets.resolve import available_datasets, resolve_dataset
 from omicsweep.datasets.store import Store, open_store
 
 __all__ = [
