@@ -71,7 +71,6 @@ class SweepOutcome:
     trials_finished: int
     trials_failed: int
     wall_time_s: float
-    best_value: float | None
     overheads_s: list[float] = field(default_factory=list)
 
 
@@ -266,7 +265,7 @@ def _open_sweep(request: SweepRequest, recorder: Recorder, context: TrialContext
 
 
 def run_sweep(request: SweepRequest, recorder: Recorder, *, progress=None) -> SweepOutcome:
-    """Run one (dataset, model) sweep in the current Ray session; returns counts, timing and the best value."""
+    """Run one (dataset, model) sweep in the current Ray session; returns its trial counts and timing."""
     from ray import tune
 
     import optuna
@@ -333,7 +332,7 @@ def run_sweep(request: SweepRequest, recorder: Recorder, *, progress=None) -> Sw
         update_state(request.run_folder, key, status=status.lower())
     return SweepOutcome(
         model=request.model, dataset=request.dataset, trials_finished=tracker.finished,
-        trials_failed=tracker.failed, wall_time_s=wall, best_value=tracker.best, overheads_s=tracker.overheads,
+        trials_failed=tracker.failed, wall_time_s=wall, overheads_s=tracker.overheads,
     )
 
 
