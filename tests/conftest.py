@@ -66,7 +66,7 @@ def swept(ray_session, pbmc_store, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "run"
     result = CliRunner().invoke(
         app, ["sweep", "--dataset", "pbmc68k", "--model", "mlp,logreg,majority", "--trials", "4", "--concurrency", "2",
-              "--seed", "0", "--max-epochs", "3", "--seeds", "2", "--out", str(out)],
+              "--seed", "0", "--max-epochs", "3", "--reruns", "2", "--runs", str(out)],
     )
     assert result.exit_code == 0, result.stdout + result.stderr
     return out, result

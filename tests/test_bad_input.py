@@ -92,7 +92,7 @@ def test_sweep_rejects_bad_names_and_spaces_before_writing_anything(cli, tmp_pat
         (["--metric", "speed"], ["--metric 'speed'"]),
     ]
     for args, needles in cases:
-        code, stdout, stderr = cli("sweep", "--out", out, *args)
+        code, stdout, stderr = cli("sweep", "--runs", out, *args)
         _assert_one_line_error(code, stdout, stderr, *needles)
         assert not out.exists(), args
 

@@ -64,8 +64,8 @@ def test_two_worker_ddp_trial(cli, ray_session, pbmc_store, tiny_space, tmp_path
     """A DDP trial, its seed re-run trained the same way (2 Ray Train workers, tagged alike), and `reproduce`
     saying that a one-process re-run is a different setup."""
     out = tmp_path / "run"
-    code, stdout, stderr = cli("sweep", "--model", "mlp", "--space", tiny_space, "--trials", "1", "--seeds", "1",
-                               "--out", out, "--workers-per-trial", "2", "--cpus-per-trial", "0.5")
+    code, stdout, stderr = cli("sweep", "--model", "mlp", "--space", tiny_space, "--trials", "1", "--reruns", "1",
+                               "--runs", out, "--workers-per-trial", "2", "--cpus-per-trial", "0.5")
     assert code == 0, stdout + stderr
     client, run, parent = _trial_run(out)
     assert run.info.status == "FINISHED"
@@ -81,7 +81,7 @@ def test_two_worker_ddp_trial(cli, ray_session, pbmc_store, tiny_space, tmp_path
     assert rerun.data.tags["omicsweep.training_setup"] == setup
     assert rerun.data.metrics["world_size"] == 2  # logged from inside training: it really ran on 2 workers
     assert rerun.data.metrics["epoch"] == 2 and 0.0 < rerun.data.metrics["test_accuracy"] <= 1.0
-    code, stdout, _ = cli("reproduce", run.info.run_id, "--out", out, "--workers", "1")
+    code, stdout, _ = cli("reproduce", run.info.run_id, "--runs", out, "--workers", "1")
     text = " ".join(stdout.split())
     assert code == 1 and "setup differs" in text and "not expected to match" in text, stdout
 
@@ -95,8 +95,8 @@ def test_two_worker_deepspeed_zero2_trial(cli, ray_session, pbmc_store, tmp_path
     config = tmp_path / "zero2.json"
     config.write_text(json.dumps({"zero_optimization": {"stage": 2}, "gradient_accumulation_steps": 2}))
     out = tmp_path / "run"
-    code, stdout, stderr = cli("sweep", "--model", "mlp", "--space", space, "--trials", "1", "--seeds", "0",
-                               "--out", out, "--workers-per-trial", "2", "--cpus-per-trial", "0.5",
+    code, stdout, stderr = cli("sweep", "--model", "mlp", "--space", space, "--trials", "1", "--reruns", "0",
+                               "--runs", out, "--workers-per-trial", "2", "--cpus-per-trial", "0.5",
                                "--deepspeed", config)
     assert code == 0, stdout + stderr
     client, run, parent = _trial_run(out)
@@ -209,14 +209,14 @@ def test_ranks_sharing_one_chunk_see_disjoint_halves(pbmc_store):
 def test_bad_distributed_options_are_one_line_errors(cli, tmp_path, pbmc_store):
     bad = tmp_path / "ds.json"
     bad.write_text(json.dumps({"zero_optimization": {"stage": 5}}))
-    assert_one_line_error(*cli("sweep", "--model", "mlp", "--deepspeed", bad, "--out", tmp_path / "a"),
+    assert_one_line_error(*cli("sweep", "--model", "mlp", "--deepspeed", bad, "--runs", tmp_path / "a"),
                           "ds.json", "stage")
     bad.write_text("{not json")
-    assert_one_line_error(*cli("sweep", "--model", "mlp", "--deepspeed", bad, "--out", tmp_path / "b"),
+    assert_one_line_error(*cli("sweep", "--model", "mlp", "--deepspeed", bad, "--runs", tmp_path / "b"),
                           "ds.json", "not valid JSON")
-    assert_one_line_error(*cli("sweep", "--model", "mlp", "--workers-per-trial", "64", "--out", tmp_path / "c"),
+    assert_one_line_error(*cli("sweep", "--model", "mlp", "--workers-per-trial", "64", "--runs", tmp_path / "c"),
                           "--workers-per-trial 64", "CPUs")
-    assert_one_line_error(*cli("sweep", "--model", "mlp", "--inject-faults", "explode:2", "--out", tmp_path / "d"),
+    assert_one_line_error(*cli("sweep", "--model", "mlp", "--inject-faults", "explode:2", "--runs", tmp_path / "d"),
                           "--inject-faults")
     assert_one_line_error(*cli("sweep", "--resume", tmp_path / "nowhere"), "sweep.json")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

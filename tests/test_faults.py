@@ -58,8 +58,8 @@ def _runs(out: Path) -> list[dict]:
 
 def test_failed_trials_are_retried_then_recorded_and_the_sweep_goes_on(cli, ray_session, pbmc_store, tiny_space, tmp_path):
     out = tmp_path / "run"
-    code, stdout, stderr = cli("sweep", "--model", "mlp", "--space", tiny_space, "--trials", "10", "--seeds", "0",
-                               "--concurrency", "2", "--out", out, "--inject-faults", "raise:0.3", "--max-failures", "1")
+    code, stdout, stderr = cli("sweep", "--model", "mlp", "--space", tiny_space, "--trials", "10", "--reruns", "0",
+                               "--concurrency", "2", "--runs", out, "--inject-faults", "raise:0.3", "--max-failures", "1")
     assert code == 0, stdout + stderr
     trials = [r for r in _runs(out) if r["role"] == "trial"]
     assert len(trials) == 10  # a retried trial keeps its one run
@@ -82,8 +82,8 @@ def test_failed_trials_are_retried_then_recorded_and_the_sweep_goes_on(cli, ray_
 
 def test_a_killed_trial_process_is_retried_and_finishes(cli, ray_session, pbmc_store, tiny_space, tmp_path):
     out = tmp_path / "run"
-    code, stdout, stderr = cli("sweep", "--model", "mlp", "--space", tiny_space, "--trials", "4", "--seeds", "0",
-                               "--concurrency", "2", "--out", out, "--inject-faults", "kill:0.5:once",
+    code, stdout, stderr = cli("sweep", "--model", "mlp", "--space", tiny_space, "--trials", "4", "--reruns", "0",
+                               "--concurrency", "2", "--runs", out, "--inject-faults", "kill:0.5:once",
                                "--max-failures", "2")
     assert code == 0, stdout + stderr
     trials = [r for r in _runs(out) if r["role"] == "trial"]
@@ -117,7 +117,7 @@ def test_sweep_resumes_after_the_driver_is_killed(cli, ray_session, pbmc_store, 
     space["defaults"]["max_epochs"] = 8  # long enough trials that the kill lands mid-sweep
     tiny_space.write_text(yaml.safe_dump(space))
     args = [str(Path(sys.executable).parent / "omicsweep"), "sweep", "--model", "mlp", "--space", str(tiny_space),
-            "--trials", "8", "--seeds", "1", "--concurrency", "2", "--out", str(out)]
+            "--trials", "8", "--reruns", "1", "--concurrency", "2", "--runs", str(out)]
     driver = subprocess.Popen(args, env=ray_env(RAY_TMPDIR=temp_dir), stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, start_new_session=True)
     try:

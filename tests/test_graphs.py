@@ -173,10 +173,10 @@ def test_sweep_with_an_unusable_graph_is_one_line_exit_2(cli, pbmc_store, tmp_pa
     bad = tmp_path / "edges.tsv"
     bad.write_text("symbol_a\tsymbol_b\tcombined_score\nFOO\tBAR\t5\n")
     out = tmp_path / "run"
-    assert_one_line_error(*cli("sweep", "--model", "gcn_smooth", "--set", f"graph={bad}", "--out", out), str(bad))
+    assert_one_line_error(*cli("sweep", "--model", "gcn_smooth", "--set", f"graph={bad}", "--runs", out), str(bad))
     assert_one_line_error(*cli("sweep", "--model", "gcn_smooth", "--set", f"graph={tmp_path / 'nope.tsv'}",
-                               "--out", out), "nope.tsv", "not found")
-    assert_one_line_error(*cli("sweep", "--model", "gcn_smooth,mlp", "--set", "no_such_key=1", "--out", out),
+                               "--runs", out), "nope.tsv", "not found")
+    assert_one_line_error(*cli("sweep", "--model", "gcn_smooth,mlp", "--set", "no_such_key=1", "--runs", out),
                           "no_such_key")
     assert not out.exists()
 
@@ -191,7 +191,7 @@ def test_train_with_string_records_the_graph_hash_reproduces_and_predicts(ray_se
     out = tmp_path / "run"
     tiny = ["gene_dim=2", "individual_k=2", "key_dim=2", "n_layers=1", "size_1=16", "max_epochs=2", "batch_size=64"]
     args = [a for pair in tiny for a in ("--set", pair)]
-    code, stdout, stderr = cli("train", "--model", "gcn_smooth", "--set", f"graph={STRING}", *args, "--out", out)
+    code, stdout, stderr = cli("train", "--model", "gcn_smooth", "--set", f"graph={STRING}", *args, "--runs", out)
     assert code == 0, stdout + stderr
     assert "genes" in stderr and "edges kept" in stderr  # the coverage line
     client = MlflowClient(default_tracking_uri(out))
@@ -200,7 +200,7 @@ def test_train_with_string_records_the_graph_hash_reproduces_and_predicts(ray_se
     assert trial.info.status == "FINISHED"
     assert trial.data.params["graph_sha256"] == read_edge_list(STRING).sha256
     assert trial.data.params["graph"].endswith(".tsv.gz")
-    code, stdout, stderr = cli("reproduce", trial.info.run_id, "--out", out)
+    code, stdout, stderr = cli("reproduce", trial.info.run_id, "--runs", out)
     assert code == 0 and "match exactly" in stdout, stdout + stderr
     target = tmp_path / "labelled.h5ad"  # predict rebuilds the model with the store's genes and the same graph
     code, stdout, stderr = cli("predict", pbmc_h5ad, "--raw", "--run", trial.info.run_id, "--runs", out, "--out", target)

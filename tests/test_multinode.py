@@ -123,8 +123,8 @@ def test_sweep_spreads_trials_over_two_nodes(two_node_cluster, tmp_path):
     result = subprocess.run(
         [str(BIN / "omicsweep"), "sweep", "--address", two_node_cluster["address"], "--dataset", "pbmc68k",
          "--model", "mlp", "--trials", "4", "--concurrency", "2", "--max-epochs", "2",
-         "--seeds", "0",  # no seed re-runs: the trials are what this test is about, and it keeps it short
-         "--out", str(out)],
+         "--reruns", "0",  # no seed re-runs: the trials are what this test is about, and it keeps it short
+         "--runs", str(out)],
         env=ray_env(OMICSWEEP_CACHE=str(tmp_path / "cache")), capture_output=True, text=True, timeout=240,
     )
     wall = time.time() - started

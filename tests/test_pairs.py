@@ -167,8 +167,8 @@ def test_sweep_on_pairs_flags_the_collapsed_control_on_the_leaderboard_and_in_ml
     from omicsweep.reports.tracking import DEGENERATE_TAG, default_tracking_uri
 
     out = tmp_path / "run"
-    code, stdout, stderr = cli("sweep", "--dataset", pair_store, "--model", "majority,random", "--seeds", "0",
-                               "--out", out)
+    code, stdout, stderr = cli("sweep", "--dataset", pair_store, "--model", "majority,random", "--reruns", "0",
+                               "--runs", out)
     assert code == 0, stdout + stderr
     table = pl.read_csv(out / "leaderboard.csv")
     assert sorted(table["model"]) == ["majority", "random"]
@@ -198,7 +198,7 @@ def cnnc_trained(ray_session, pair_store, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("cnnc") / "run"
     tiny = ["bins=16", "n_blocks=2", "width=4", "dense=16", "max_epochs=1", "batch_size=256"]
-    result = CliRunner().invoke(app, ["train", "--dataset", str(pair_store), "--model", "cnnc", "--out", str(out),
+    result = CliRunner().invoke(app, ["train", "--dataset", str(pair_store), "--model", "cnnc", "--runs", str(out),
                                       *[arg for value in tiny for arg in ("--set", value)]])
     assert result.exit_code == 0, result.stdout + result.stderr
     return out, pl.read_parquet(out / "leaderboard.parquet").filter(pl.col("model") == "cnnc")["best_run_id"][0]
@@ -239,7 +239,7 @@ def test_predict_export_and_report_work_on_a_cnnc_run(cnnc_trained, cli, pair_st
     assert rows["predicted_probability"].to_numpy()[test] == pytest.approx(proba.max(axis=1), rel=1e-5)
     assert f"{store.n_pairs} gene pairs labelled by cnnc" in stdout
 
-    code, stdout, stderr = cli("export", "--run", run, "--name", "dendritic-cnnc", "--out", out)
+    code, stdout, stderr = cli("export", "--run", run, "--name", "dendritic-cnnc", "--runs", out)
     assert code == 0, stdout + stderr
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(default_tracking_uri(out))

@@ -80,7 +80,7 @@ def test_export_registers_a_pyfunc_with_a_signature(swept, cli, pbmc_adata):
     from omicsweep.reports.tracking import default_tracking_uri
 
     out, _ = swept
-    code, stdout, stderr = cli("export", "--run", _best(out, "mlp"), "--name", "pbmc-mlp", "--out", out)
+    code, stdout, stderr = cli("export", "--run", _best(out, "mlp"), "--name", "pbmc-mlp", "--runs", out)
     assert code == 0, stdout + stderr
     assert "registered pbmc-mlp version 1" in stdout
     previous = mlflow.get_tracking_uri()
@@ -108,7 +108,7 @@ def baselines_swept(ray_session, pbmc_store, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("baselines") / "run"
     result = CliRunner().invoke(app, ["sweep", "--dataset", "pbmc68k", "--model", "knn,random_forest", "--trials", "2",
-                                      "--concurrency", "2", "--seed", "0", "--seeds", "0", "--out", str(out)])
+                                      "--concurrency", "2", "--seed", "0", "--reruns", "0", "--runs", str(out)])
     assert result.exit_code == 0, result.stdout + result.stderr
     return out
 
@@ -159,7 +159,7 @@ def test_export_serves_a_random_forest_and_report_draws_the_baselines(baselines_
     from omicsweep.reports.tracking import default_tracking_uri
 
     out = baselines_swept
-    code, stdout, stderr = cli("export", "--run", _best(out, "random_forest"), "--name", "pbmc-forest", "--out", out)
+    code, stdout, stderr = cli("export", "--run", _best(out, "random_forest"), "--name", "pbmc-forest", "--runs", out)
     assert code == 0, stdout + stderr
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(default_tracking_uri(out))

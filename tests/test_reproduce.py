@@ -39,7 +39,7 @@ def test_reproduce_matches_exactly_including_an_asha_stopped_trial(swept, cli):
     out, _ = swept
     mlp = sorted(_trials(out, "mlp"), key=lambda r: r.data.metrics["epochs_run"])  # ASHA-stopped first, if any
     for run in (mlp[0], _trials(out, "logreg")[0]):
-        code, stdout, stderr = cli("reproduce", run.info.run_id, "--out", out)
+        code, stdout, stderr = cli("reproduce", run.info.run_id, "--runs", out)
         assert code == 0, stdout + stderr
         assert "match exactly" in stdout and f"{int(run.data.metrics['epochs_run'])} epoch(s)" in stdout
 
@@ -51,7 +51,7 @@ def test_reproduce_refuses_a_changed_store(swept, cli):
     out, _ = swept
     other = resolve_dataset("pbmc68k", seed=1)[1]  # same cells, another split: another fingerprint
     run = _trials(out, "majority")[0]
-    code, stdout, stderr = cli("reproduce", run.info.run_id, "--out", out, "--store", other)
+    code, stdout, stderr = cli("reproduce", run.info.run_id, "--runs", out, "--store", other)
     assert code == 2
     assert "store changed since run" in stderr and len(stderr.strip().splitlines()) == 1
 
@@ -73,7 +73,7 @@ def test_reproduce_unknown_run_is_a_user_error(cli, tmp_path):
     from omicsweep.reports.tracking import _client
 
     _client(default_tracking_uri(tmp_path)).search_experiments()  # creates an empty store
-    code, _, stderr = cli("reproduce", "0123456789abcdef", "--out", tmp_path)
+    code, _, stderr = cli("reproduce", "0123456789abcdef", "--runs", tmp_path)
     assert code == 2 and "not found" in stderr
 
 
@@ -88,6 +88,6 @@ def test_a_trial_run_without_its_record_tags_is_a_user_error(cli, tmp_path, miss
     tags = {"omicsweep.seed": "0", "omicsweep.config": "{\"seed\": 0}", "omicsweep.training_setup": "single cpu=1"}
     run_id = recorder.start_trial("t1", params={"seed": 0}, tags={k: v for k, v in tags.items() if k != missing})
     recorder.end_trial("t1", status="FINISHED")
-    code, stdout, stderr = cli("reproduce", run_id, "--out", tmp_path)
+    code, stdout, stderr = cli("reproduce", run_id, "--runs", tmp_path)
     assert code == 2, stdout + stderr
     assert missing in stderr and len(stderr.strip().splitlines()) == 1

@@ -262,7 +262,7 @@ def test_real_trial_finishes_with_each_imbalance_option(baron_store, model, opti
 def test_train_command_runs_a_resampled_trial_through_ray(ray_session, baron_store, cli, tmp_path):
     out = tmp_path / "run"
     code, stdout, stderr = cli("train", "--dataset", baron_store, "--model", "logreg", "--set", "resample=smote",
-                               "--set", "class_weight=balanced", "--set", "max_iter=200", "--out", out)
+                               "--set", "class_weight=balanced", "--set", "max_iter=200", "--runs", out)
     assert code == 0, stdout + stderr
     assert "resample=smote" in stderr and "class_weight=balanced" in stderr
 
@@ -271,5 +271,5 @@ def test_train_command_runs_a_resampled_trial_through_ray(ray_session, baron_sto
                                         (["--set", "class_weight=balanced"], "weighted_ce"),
                                         (["--set", "resample_target=-3"], "resample_target")])
 def test_bad_imbalance_options_on_the_command_line(args, says, cli, pbmc_store, tmp_path):
-    code, _, stderr = cli("train", "--dataset", "pbmc68k", "--model", "mlp", *args, "--out", tmp_path / "run")
+    code, _, stderr = cli("train", "--dataset", "pbmc68k", "--model", "mlp", *args, "--runs", tmp_path / "run")
     assert code == 2 and says in stderr and len(stderr.strip().splitlines()) == 1, stderr

@@ -157,7 +157,7 @@ def test_cmaes_says_once_which_dimensions_it_leaves_to_random_sampling():
 ])
 def test_bad_searcher_scheduler_or_storage_is_a_one_line_error_before_anything_starts(cli, tmp_path, args, needles):
     out = tmp_path / "run"
-    code, stdout, stderr = cli("sweep", *args, "--out", out)
+    code, stdout, stderr = cli("sweep", *args, "--runs", out)
     assert_one_line_error(code, stdout, stderr, *needles)
     assert "secret" not in stderr and not out.exists()
 
@@ -165,7 +165,7 @@ def test_bad_searcher_scheduler_or_storage_is_a_one_line_error_before_anything_s
 def test_a_sampler_that_cannot_run_here_is_a_one_line_error(cli, tmp_path):
     if importlib.util.find_spec("cmaes") is not None:
         pytest.skip("cmaes is installed here: CmaEsSampler can run")
-    code, stdout, stderr = cli("sweep", "--searcher", "cmaes", "--out", tmp_path / "run")
+    code, stdout, stderr = cli("sweep", "--searcher", "cmaes", "--runs", tmp_path / "run")
     assert_one_line_error(code, stdout, stderr, "--searcher cmaes", "CmaEsSampler", "pip install cmaes")
     assert not (tmp_path / "run").exists()
 
@@ -184,8 +184,8 @@ def test_random_fifo_sweep_tags_its_parent_and_keeps_its_study_in_the_run_folder
     }))
     out = tmp_path / "run"
     code, stdout, stderr = cli("sweep", "--model", "mlp", "--space", space, "--trials", "3", "--max-epochs", "1",
-                               "--seeds", "0", "--concurrency", "2", "--searcher", "random", "--scheduler", "none",
-                               "--out", out)
+                               "--reruns", "0", "--concurrency", "2", "--searcher", "random", "--scheduler", "none",
+                               "--runs", out)
     assert code == 0, stdout + stderr
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]

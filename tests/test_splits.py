@@ -237,7 +237,7 @@ def test_registered_names_resolve_in_list_show_and_sweep(cli, pbmc_store, tmp_pa
     _one_line_error(*cli("datasets", "register", "my-pbmc", tmp_path / "x.zarr"), "x.zarr", "not found")
     _one_line_error(*cli("datasets", "register", "pbmc68k", pbmc_store), "built-in")
     _one_line_error(*cli("datasets", "register", "a/b", pbmc_store), "'a/b'")
-    _one_line_error(*cli("sweep", "--dataset", "nope", "--out", tmp_path / "runs"), "unknown dataset 'nope'", "my-pbmc")
+    _one_line_error(*cli("sweep", "--dataset", "nope", "--runs", tmp_path / "runs"), "unknown dataset 'nope'", "my-pbmc")
     assert cli("datasets", "unregister", "my-pbmc")[0] == 0 and "my-pbmc" not in registered_datasets()
 
 

@@ -65,7 +65,7 @@ def test_leaderboard_printed_and_written(swept, cli):
     assert all(r["wall_time_s"] > 0 for r in rows.values())
     # everything Ray wrote is inside the run folder
     assert (out / "ray").is_dir() and len(list((out / "ray").iterdir())) == 3
-    code, stdout, _ = cli("leaderboard", "--out", out)
+    code, stdout, _ = cli("leaderboard", "--runs", out)
     assert code == 0 and "majority" in stdout
 
 
@@ -79,7 +79,7 @@ def test_same_sweep_seed_proposes_the_same_configurations(swept, tmp_path):
     again = tmp_path / "again"
     result = CliRunner().invoke(
         app, ["sweep", "--model", "mlp", "--trials", "2", "--concurrency", "1", "--seed", "0", "--max-epochs", "1",
-              "--seeds", "0", "--out", str(again)],
+              "--reruns", "0", "--runs", str(again)],
     )
     assert result.exit_code == 0, result.stderr
 

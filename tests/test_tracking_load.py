@@ -210,7 +210,7 @@ def _sweep_loses_nothing(uri: str, ray_folder: Path, cli) -> None:
     space.write_text(SMALL_MLP)
     code, stdout, stderr = cli(
         "sweep", "--model", "mlp", "--space", space, "--trials", str(N_TRIALS), "--concurrency", str(N_TRIALS),
-        "--cpus-per-trial", "0.25", "--seeds", "0", "--tracking-uri", uri, "--out", ray_folder,
+        "--cpus-per-trial", "0.25", "--reruns", "0", "--tracking-uri", uri, "--runs", ray_folder,
     )
     assert code == 0, stdout + stderr
     client = MlflowClient(uri)

@@ -17,7 +17,7 @@ TINY_MLP = ["--set", "n_layers=1", "--set", "width=32", "--set", "lr=1e-3", "--s
 def test_train_runs_the_defaults_once_with_overrides_and_an_ensemble(ray_session, pbmc_store, cli, tmp_path):
     out = tmp_path / "run"
     code, stdout, stderr = cli("train", "--dataset", "pbmc68k", "--model", "mlp", "--ensemble", "2", *TINY_MLP,
-                               "--out", out)
+                               "--runs", out)
     assert code == 0, stdout + stderr
     assert "mlp" in stdout and "ensemble=2" in stderr
 
@@ -59,7 +59,7 @@ def test_train_runs_the_defaults_once_with_overrides_and_an_ensemble(ray_session
 )
 def test_bad_train_options_are_one_line_and_exit_2(args, says, cli, pbmc_store, tmp_path):
     model = [] if "--model" in args else ["--model", "mlp"]
-    code, _, stderr = cli("train", "--dataset", "pbmc68k", *model, *args, "--out", tmp_path / "run")
+    code, _, stderr = cli("train", "--dataset", "pbmc68k", *model, *args, "--runs", tmp_path / "run")
     assert code == 2, stderr
     assert says in stderr and len(stderr.strip().splitlines()) == 1, stderr
     assert not (tmp_path / "run").exists()  # nothing written when the options are wrong
@@ -69,7 +69,7 @@ def test_bad_train_options_are_one_line_and_exit_2(args, says, cli, pbmc_store, 
 def test_sweep_ensemble_option_fixes_the_member_count_of_torch_models_only(ray_session, pbmc_store, cli, tmp_path):
     out = tmp_path / "sweep"
     code, stdout, stderr = cli("sweep", "--dataset", "pbmc68k", "--model", "softmax,majority", "--trials", "1",
-                               "--max-epochs", "1", "--seeds", "0", "--ensemble", "3", "--out", out)
+                               "--max-epochs", "1", "--reruns", "0", "--ensemble", "3", "--runs", out)
     assert code == 0, stdout + stderr
     client = MlflowClient(default_tracking_uri(out))
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=100)

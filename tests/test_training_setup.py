@@ -77,7 +77,7 @@ def test_reproduce_a_ddp_trial_in_one_process_says_the_setup_differs(cli, pbmc_s
     })
     recorder.log_result("t1", {"epoch": 1, "test_accuracy": 0.5, "epochs_run": 1}, step=1)
     recorder.end_trial("t1", status="FINISHED")
-    code, stdout, stderr = cli("reproduce", run_id, "--out", tmp_path, "--workers", "1")
+    code, stdout, stderr = cli("reproduce", run_id, "--runs", tmp_path, "--workers", "1")
     assert code == 1, stdout + stderr
     text = " ".join(stdout.split())
     assert "setup differs" in text and "ddp workers=2 cpu=0.5 gpu=0" in text and "single cpu=0.5 gpu=0" in text

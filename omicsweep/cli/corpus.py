@@ -1,38 +1,17 @@
-"""`omicsweep corpus build` and `omicsweep gene2vec`: the pretraining corpus and its gene embeddings (scBERT I).
-
-Registered in `omicsweep.cli` by two lines; errors users can cause print one line and exit 2 (cli.user_errors).
-"""
+"""`omicsweep corpus build` and `omicsweep gene2vec`: the pretraining corpus and its gene embeddings (scBERT I)."""
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import List, Optional
 
 import typer
 
+from omicsweep.cli.common import Overwrite, say, user_errors
 from omicsweep.errors import InputError
 
 corpus_app = typer.Typer(no_args_is_help=True, help="Pretraining corpora on one gene vocabulary.")
 MARKERS = ("CD3E", "MS4A1", "CD14", "NKG7")
-
-
-def _user_errors(func: Callable) -> Callable:
-    """cli.user_errors, looked up at call time (cli imports this module at its end)."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        from omicsweep.cli import user_errors
-
-        return user_errors(func)(*args, **kwargs)
-
-    return wrapper
-
-
-def _echo(text: str) -> None:
-    from omicsweep.cli import console
-
-    console.print(text, highlight=False, soft_wrap=True)
 
 
 def coverage_line(item: dict) -> str:
@@ -44,7 +23,7 @@ def coverage_line(item: dict) -> str:
 
 
 @corpus_app.command("build")
-@_user_errors
+@user_errors
 def corpus_build(
     inputs: List[Path] = typer.Argument(..., help="expression files (any format `ingest` reads) or stores"),
     vocab: Path = typer.Option(..., "--vocab", help="gene vocabulary: one symbol a line, in model order"),
@@ -53,17 +32,17 @@ def corpus_build(
         None, "--exclude-test-of", help="leave out the test cells of this store (a later fine-tuning test set)"),
     val_fraction: float = typer.Option(0.05, "--val-fraction", help="validation cells per input"),
     seed: int = typer.Option(0, help="split seed"),
-    overwrite: bool = typer.Option(False, help="replace an existing store"),
+    overwrite: Overwrite = False,
 ) -> None:
     """Assemble expression inputs onto one gene vocabulary as a pretraining corpus, chunk by chunk."""
     from omicsweep.datasets.corpus import build_corpus
 
     summary = build_corpus(inputs, vocab, out, exclude_test_of=exclude_test_of, split=(1 - val_fraction, val_fraction),
-                           seed=seed, overwrite=overwrite, progress=lambda item: _echo(coverage_line(item)))
-    _echo(f"wrote {out}: {summary['cells']} cells x {summary['vocabulary_genes']} genes, {summary['fingerprint']}")
+                           seed=seed, overwrite=overwrite, progress=lambda item: say(coverage_line(item)))
+    say(f"wrote {out}: {summary['cells']} cells x {summary['vocabulary_genes']} genes, {summary['fingerprint']}")
 
 
-@_user_errors
+@user_errors
 def gene2vec(
     corpus: Path = typer.Option(..., "--corpus", help="corpus store (omicsweep corpus build)"),
     out: Path = typer.Option(..., "--out", help="embeddings to write (word2vec text format; <out>.json beside)"),
@@ -79,11 +58,14 @@ def gene2vec(
 
     info = train_gene2vec(corpus, out, dim=dim, threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
                           seed=seed, max_genes=max_genes, epochs=epochs)
-    _echo(f"wrote {out}: {info['genes_embedded']} genes x {dim} from {info['pairs']} pairs "
+    say(f"wrote {out}: {info['genes_embedded']} genes x {dim} from {info['pairs']} pairs "
           f"(correlation > {info['threshold']} among {info['genes_considered']} genes, {info['train_cells']} cells)")
     for gene in [g.strip() for g in show.split(",") if g.strip()]:
         try:
             near = ", ".join(f"{g} {s:.2f}" for g, s in nearest_genes(out, gene, k=5))
         except InputError:  # a marker the corpus pairs with nothing is reported, not fatal
             near = "(no vector: in no co-expressed pair)"
-        _echo(f"  {gene}: {near}")
+        say(f"  {gene}: {near}")
+
+
+COMMANDS = {"gene2vec": gene2vec}

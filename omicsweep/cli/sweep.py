@@ -1,0 +1,160 @@
+"""`omicsweep sweep` and `omicsweep train`: options parsed into a plan (benchmark/plan.py), run, then the
+leaderboard. `train` is the same plan with one fixed configuration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from omicsweep.cli.common import (
+    DEFAULT_RUNS, Address, CpusPerTrial, Dataset, Ensemble, Metric, Runs, Seed, Settings, Space, TrackingUri,
+    console, err_console, note, user_errors,
+)
+
+
+class RichProgress:
+    """Trials running/done/failed and the best value so far, updated by the sweep's callback."""
+
+    def __init__(self, total: int, label: str) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=err_console, transient=False,
+        )
+        self.label = label
+        self.task = self.progress.add_task(label, total=total)
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+
+    def update(self, tracker) -> None:
+        done = tracker.finished + tracker.failed
+        running = tracker.running
+        best = "-" if tracker.best is None else f"{tracker.best:.3f}"
+        self.progress.update(
+            self.task, completed=done,
+            description=f"{self.label}  running {running}  done {tracker.finished}  failed {tracker.failed}  best {best}",
+        )
+
+
+
+@user_errors
+def sweep(
+    dataset: Dataset = "pbmc68k",
+    model: str = typer.Option("mlp", help="registered model name, comma-separated names, or 'all'"),
+    trials: int = typer.Option(16, min=1, help="trials per model (models with nothing to search run one)"),
+    concurrency: int = typer.Option(2, min=1, help="trials running at once"),
+    seed: Seed = 0,
+    metric: Metric = None,
+    space: Space = None,
+    max_epochs: Optional[int] = typer.Option(None, min=1, help="override max_epochs of every torch model"),
+    runs: Runs = DEFAULT_RUNS,
+    tracking_uri: TrackingUri = None,
+    address: Address = None,
+    cpus_per_trial: CpusPerTrial = 1.0,
+    reruns: int = typer.Option(3, min=0, help="re-run each model's best configuration with this many fresh seeds "
+                               "(0: none)"),
+    ensemble: Ensemble = None,
+    set_: Settings = [],
+    workers_per_trial: int = typer.Option(
+        1, min=1, help="Ray Train workers per torch trial (data parallel, each streams its own shard of the store)",
+    ),
+    gpus_per_trial: float = typer.Option(0.0, min=0.0, help="GPUs per trial, or per worker (fractions allowed)"),
+    storage: Optional[str] = typer.Option(
+        None, help="Ray results and checkpoints: a path shared by all nodes or an s3:// URL (default: run folder)",
+    ),
+    deepspeed: Optional[Path] = typer.Option(
+        None, help="DeepSpeed JSON config (ZeRO stage, bf16/fp16, gradient_accumulation_steps): torch trials train "
+        "with DeepSpeed in Ray Train workers",
+    ),
+    max_failures: int = typer.Option(0, min=0, help="retries of a trial that raises or dies before it counts as FAILED"),
+    resume: Optional[Path] = typer.Option(
+        None, help="run folder of an interrupted sweep: finish it with its own options (finished trials are kept)",
+    ),
+    inject_faults: Optional[str] = typer.Option(
+        None, help="chaos testing: KIND:RATE[:once], KIND raise or kill, e.g. raise:0.3 fails ~30% of trials",
+    ),
+    searcher: str = typer.Option("tpe", help="Optuna sampler proposing the trials: tpe | gp | cmaes | qmc | random"),
+    scheduler: str = typer.Option("asha", help="early stopping: asha, or none (every trial to max_epochs)"),
+    optuna_storage: Optional[str] = typer.Option(
+        None, help="RDB URL for the sweeps' Optuna studies, e.g. postgresql://USER@HOST/DB on a cluster "
+        "(default: sqlite:///RUN_FOLDER/optuna.db); optuna-dashboard URL shows them live",
+    ),
+) -> None:
+    """Sweep models over a dataset with Ray Tune + Optuna (TPE by default) + ASHA, tracked in MLflow; print the
+    leaderboard."""
+    from omicsweep.benchmark.plan import SweepOptions, build_plan
+
+    if resume is not None:
+        options = SweepOptions.load(resume, address=address)
+    else:
+        options = SweepOptions(
+            dataset=dataset, model=model, trials=trials, concurrency=concurrency, seed=seed, metric=metric,
+            space=space, max_epochs=max_epochs, runs=runs, tracking_uri=tracking_uri, address=address,
+            cpus_per_trial=cpus_per_trial, reruns=reruns, ensemble=ensemble, settings=list(set_),
+            workers_per_trial=workers_per_trial, gpus_per_trial=gpus_per_trial, storage=storage, deepspeed=deepspeed,
+            max_failures=max_failures, inject_faults=inject_faults, searcher=searcher, scheduler=scheduler,
+            optuna_storage=optuna_storage,
+        )
+    run_plan(build_plan(options, resuming=resume is not None))
+
+
+@user_errors
+def train(
+    dataset: Dataset = "pbmc68k",
+    model: str = typer.Option(..., help="registered model name"),
+    ensemble: Ensemble = None,
+    set_: Settings = [],
+    seed: Seed = 0,
+    metric: Metric = None,
+    space: Space = None,
+    runs: Runs = DEFAULT_RUNS,
+    tracking_uri: TrackingUri = None,
+    address: Address = None,
+    cpus_per_trial: CpusPerTrial = 1.0,
+) -> None:
+    """One run of a model's defaults (the study's setting) plus --set overrides: no search, same tracking.
+
+    It is a sweep with nothing to search: one MLflow parent run with one child, one leaderboard row.
+    """
+    from omicsweep.benchmark.plan import SweepOptions, build_plan
+
+    options = SweepOptions(
+        dataset=dataset, model=model, seed=seed, metric=metric, space=space, runs=runs, tracking_uri=tracking_uri,
+        address=address, cpus_per_trial=cpus_per_trial, ensemble=ensemble, settings=list(set_), fixed=True,
+    )
+    plan = build_plan(options)
+    outcome, = run_plan(plan)
+    err_console.print(
+        f"{outcome.dataset}/{outcome.model}: {'finished' if outcome.trials_finished else 'FAILED'} in "
+        f"{outcome.wall_time_s:.1f}s wall; overrides of the defaults: {plan.overrides}",
+        highlight=False,
+    )
+    if not outcome.trials_finished:
+        raise typer.Exit(code=1)
+
+
+def run_plan(plan) -> list:
+    """Run a plan with MLflow tracking in its run folder and rich progress bars; then refresh the leaderboard."""
+    from omicsweep.reports.board_mlflow import refresh_leaderboard
+    from omicsweep.reports.tracking import MlflowRecorder, default_tracking_uri
+
+    for line in plan.notes:
+        note(line)
+    runs = plan.options.runs
+    uri = plan.options.tracking_uri or default_tracking_uri(runs)
+    outcomes = plan.run(lambda: MlflowRecorder(uri, artifact_root=runs / "mlartifacts"), RichProgress, say=note)
+    _, (csv, parquet) = refresh_leaderboard(uri, runs, console)
+    console.print(f"leaderboard: {csv}, {parquet}; MLflow: {uri} (run 'leaderboard' of each experiment)",
+                  highlight=False)
+    return outcomes
+
+
+COMMANDS = {"sweep": sweep, "train": train}
