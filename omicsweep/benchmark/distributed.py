@@ -9,13 +9,18 @@ its own shard of the zarr store (rank and world size reach the loader).
 
 from __future__ import annotations
 
+import re
 import tempfile
 import uuid
 from pathlib import Path
 from typing import Any, Callable
 
 from omicsweep.benchmark.trial import TrialContext, checkpoint_folder, execute_trial, faulty, with_resources
+from omicsweep.errors import ConfigError
 
+# `_stoppable_trainer_class` overrides a private method of Ray Train and imports its private modules: it follows
+# Ray 2.60's code and is refused on any other release (pyproject.toml pins ray the same way)
+PRIVATE_RAY_WRITTEN_FOR = "2.60"
 WORKER_START_ATTEMPTS = 20  # x 60 s: room for an autoscaler to start GPU nodes from zero
 TRAIN_FOLDER = "train"  # under the sweep's storage: Ray Train runs (one per trial attempt) and their checkpoints
 
@@ -59,6 +64,21 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     execute_trial(context, sampled, report, strategy=strategy)
 
 
+def check_ray_version(version: str | None = None) -> None:
+    """A ConfigError unless `version` (default: the installed Ray's) is a release of the Ray the Train controller
+    override was written for."""
+    if version is None:
+        import ray
+
+        version = ray.__version__
+    if not re.fullmatch(re.escape(PRIVATE_RAY_WRITTEN_FOR) + r"\.\d+", version):
+        raise ConfigError(
+            f"Ray {version} is installed, but omicsweep's distributed trials (benchmark/distributed.py) override "
+            f"Ray Train internals written for Ray {PRIVATE_RAY_WRITTEN_FOR}.x; install "
+            f"'ray[tune,train]=={PRIVATE_RAY_WRITTEN_FOR}.*' or train with one worker and no DeepSpeed"
+        )
+
+
 def _stoppable_trainer_class():
     """TorchTrainer whose controller outlives a trial that Tune stops (ASHA, max_t), then aborts cleanly.
 
@@ -66,11 +86,14 @@ def _stoppable_trainer_class():
     die with it and leave its workers' placement group behind: Ray's own cleaner needs the dashboard's state API,
     which a local session here does not run, and the next trial would wait for CPUs forever. Here the controller
     is detached and a watcher asks it to abort (stop the workers, free the group) as soon as Tune signals stop.
-    The body otherwise follows Ray 2.60's `DataParallelTrainer._initialize_and_run_controller`.
+    The body otherwise follows Ray 2.60's `DataParallelTrainer._initialize_and_run_controller`; another Ray
+    version is refused before its private modules are imported (`check_ray_version`).
     """
     import threading
 
     import ray
+
+    check_ray_version()
     from ray.train.torch import TorchTrainer
     from ray.train._internal.session import get_session
     from ray.train.v2._internal.constants import get_env_vars_to_propagate

@@ -21,6 +21,7 @@ from omicsweep.benchmark.resume import SweepHistory
 from omicsweep.benchmark.searchers import DEFAULT_SCHEDULER, DEFAULT_SEARCHER, StudyRef, study_name, study_url
 from omicsweep.benchmark.space import SearchSpace
 from omicsweep.datasets.remote import canonical_location
+from omicsweep.benchmark.distributed import check_ray_version
 from omicsweep.benchmark.sweep_tracking import NullProgress, Recorder, TrackingCallback, config_json, logged_metrics
 from omicsweep.benchmark.trial import TrialContext, training_setup
 from omicsweep.benchmark.tune_trial import run_trial
@@ -117,7 +118,7 @@ def _trial_context(request: SweepRequest, defaults: dict[str, Any]) -> TrialCont
     from omicsweep.models import get_model
 
     torch_model = get_model(request.model).family == "torch"
-    return TrialContext(
+    context = TrialContext(
         store_path=canonical_location(request.store_path),
         fingerprint=request.fingerprint,
         model=request.model,
@@ -133,6 +134,9 @@ def _trial_context(request: SweepRequest, defaults: dict[str, Any]) -> TrialCont
         faults=request.faults,
         fault_dir=str(Path(request.run_folder).resolve() / "faults"),
     )
+    if context.distributed:  # refused here, before the sweep's run is opened, rather than in every trial
+        check_ray_version()
+    return context
 
 
 def sweep_storage(request: SweepRequest) -> str:
