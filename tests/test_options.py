@@ -84,3 +84,15 @@ def test_a_bad_set_value_of_a_shared_option_names_set_the_key_and_the_allowed_va
     with pytest.raises(ConfigError, match=r"--set precision: config precision='fp8' is not supported; use one of fp32, bf16"):
         parse_overrides(["precision=fp8"], space, shared_keys=config_keys("torch"))
     assert parse_overrides(["schedule_unit=step"], space, shared_keys=config_keys("torch")) == {"schedule_unit": "step"}
+
+
+def test_sweep_and_train_check_the_spaces_shared_options_before_any_trial(pbmc_store, tmp_path):
+    from omicsweep.benchmark.space import prepared_spaces
+    from omicsweep.datasets import open_store
+
+    yaml_file = tmp_path / "bad_mlp.yaml"
+    text = get_model("mlp").space_file.read_text().replace("schedule: none", "schedule: linear", 1)
+    yaml_file.write_text(text)
+    space = load_space(yaml_file)
+    with pytest.raises(ConfigError, match=rf"^{yaml_file}: config schedule='linear' is not supported; use one of none"):
+        prepared_spaces([get_model("mlp")], {"mlp": space}, open_store(pbmc_store))
