@@ -97,6 +97,7 @@ def test_sweep_rejects_bad_names_and_spaces_before_writing_anything(cli, tmp_pat
         assert not out.exists(), args
 
 
+@pytest.mark.slow
 def test_real_process_exits_2_without_traceback(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "omicsweep.cli", "ingest", str(tmp_path / "x.h5ad"), "--label-col", "y", "--out", str(tmp_path / "o.zarr")],

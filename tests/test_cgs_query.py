@@ -94,6 +94,7 @@ def test_class_score_is_the_max_over_that_classes_signatures():
     assert (hotter.predict_proba(queries).max(axis=1) > proba.max(axis=1)).all()
 
 
+@pytest.mark.slow
 def test_scoring_1000_queries_against_1000_signatures_takes_seconds():
     """Benchmark-style: prints the time; no assertion (shared machines vary)."""
     rng = np.random.default_rng(3)

@@ -108,6 +108,7 @@ def test_genes_match_case_insensitively_and_duplicates_add_up(tmp_path):
 
 
 @pytest.mark.shared_data
+@pytest.mark.slow
 def test_gene2vec_on_the_corpus_and_reading_it_back(corpus, tmp_path, cli):
     out, _ = corpus
     g2v = tmp_path / "g2v.txt"

@@ -157,6 +157,7 @@ def _schedule_worker(rank: int, port: int, store_path: str, out: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_deepspeed_trains_every_schedule_at_zero_stages_0_and_2(pbmc_store, tmp_path):
     """Two gloo processes, no Ray: each schedule x ZeRO stage finishes and trains each epoch at the scheduled lr
     (ZeRO wraps the torch optimiser in one a torch scheduler rejects)."""

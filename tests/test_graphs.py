@@ -182,6 +182,7 @@ def test_sweep_with_an_unusable_graph_is_one_line_exit_2(cli, pbmc_store, tmp_pa
 
 
 @pytest.mark.shared_data
+@pytest.mark.slow
 def test_train_with_string_records_the_graph_hash_reproduces_and_predicts(ray_session, pbmc_store, pbmc_h5ad, cli,
                                                                          tmp_path):
     from mlflow import MlflowClient

@@ -67,6 +67,7 @@ def _log_predictions(recorder, tid, tmp_path, correct, artifact_path):
     recorder.log_artifacts(tid, str(folder), artifact_path=artifact_path)
 
 
+@pytest.mark.slow
 def test_leaderboard_rows_seeds_tests_failures_resources(tmp_path):
     from rich.console import Console
 
@@ -108,6 +109,7 @@ def test_leaderboard_rows_seeds_tests_failures_resources(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
+@pytest.mark.slow
 def test_runs_that_are_not_comparable_are_never_pooled(tmp_path):
     """Another split (fingerprint), another selection metric, or a `train` run: separate sections/rows."""
     uri = default_tracking_uri(tmp_path)
@@ -136,6 +138,7 @@ def test_runs_that_are_not_comparable_are_never_pooled(tmp_path):
     assert seed1["best_val"] == 0.6 and seed1["split_seeds"] == "1"
 
 
+@pytest.mark.slow
 def test_reruns_trained_another_way_are_not_shown_as_comparable(tmp_path):
     uri = default_tracking_uri(tmp_path)
     recorder = MlflowRecorder(uri, artifact_root=tmp_path / "mlartifacts")
@@ -172,6 +175,7 @@ def test_statistics_never_print_a_degenerate_p_value():
     assert stats.scaled_score(0.9, None) is None and stats.scaled_score(0.9, 1.0) is None
 
 
+@pytest.mark.slow
 def test_summary_across_datasets(tmp_path):
     uri = default_tracking_uri(tmp_path)
     for dataset, mlp_val, maj_val in (("a", 0.9, 0.4), ("b", 0.7, 0.5)):
@@ -208,6 +212,7 @@ def test_sweep_leaderboard_has_seed_statistics(swept):
     assert "±" in result.stdout and "Across datasets" in result.stdout
 
 
+@pytest.mark.slow
 def test_leaderboard_is_published_to_mlflow(tmp_path):
     """Each experiment's sections on a `leaderboard` run (refreshed, not duplicated); sweeps tagged with rank."""
     from omicsweep.reports.board_mlflow import publish_leaderboard

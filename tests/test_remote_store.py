@@ -66,6 +66,7 @@ def _epoch(store: Store, **kwargs) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(x.numpy(), y.numpy()) for x, y in batches]
 
 
+@pytest.mark.slow
 def test_ingest_to_s3_streams_the_same_batches_as_a_local_store(s3, cli, pbmc_h5ad, tmp_path, monkeypatch):
     endpoint, fs = s3
     options = json.dumps({"endpoint_url": endpoint})

@@ -114,6 +114,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_stepping_in_lockstep_on_two_processes_loses_no_row(seven_chunks, tmp_path):
     import torch.multiprocessing as mp
 

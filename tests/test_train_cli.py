@@ -14,6 +14,7 @@ TINY_MLP = ["--set", "n_layers=1", "--set", "width=32", "--set", "lr=1e-3", "--s
             "--set", "batch_size=64"]  # mlp.yaml's `tiny` overrides
 
 
+@pytest.mark.slow
 def test_train_runs_the_defaults_once_with_overrides_and_an_ensemble(ray_session, pbmc_store, cli, tmp_path):
     out = tmp_path / "run"
     code, stdout, stderr = cli("train", "--dataset", "pbmc68k", "--model", "mlp", "--ensemble", "2", *TINY_MLP,
