@@ -85,7 +85,8 @@ def test_leaderboard_rows_seeds_tests_failures_resources(tmp_path):
     assert math.isclose(mlp["test_accuracy_mean"], 0.88) and math.isclose(mlp["test_accuracy_sd"], 0.02)
     low, high = mlp["test_accuracy_seeds_ci_low"], mlp["test_accuracy_seeds_ci_high"]
     assert low < 0.88 < high and math.isclose(high - 0.88, 0.88 - low)  # t interval over 3 seeds
-    assert mlp["n_test"] == 100 and mlp["test_accuracy_ci_low"] < 0.9 < mlp["test_accuracy_ci_high"]  # Wilson
+    assert mlp["n_test"] == 100 and mlp["test_ci_low"] < 0.9 < mlp["test_ci_high"]
+    assert mlp["test_ci_method"] == "Wilson"
     assert mlp["seeds"] == 3 and mlp["seed_values"] == "1000,2000,3000"
     assert mlp["p_vs_top"] is None
     # McNemar on the test cells: seed 0 (the best trials) plus the 3 shared re-run seeds, pooled
@@ -129,6 +130,7 @@ def test_runs_that_are_not_comparable_are_never_pooled(tmp_path):
     sections = table["section"].unique(maintain_order=True).to_list()
     assert len(sections) == 3, sections
     assert all("toy (" in s for s in sections)  # labelled so a person sees why they are apart
+    assert any("store fp-seed1" in s for s in sections)
     assert any("selected by val_balanced_accuracy" in s for s in sections)
     by_fp = table.filter((table["fingerprint"] == "fp-seed0") & (table["metric"] == "val_accuracy"))
     assert sorted(by_fp["kind"].to_list()) == ["sweep", "train"]
@@ -171,6 +173,16 @@ def test_statistics_never_print_a_degenerate_p_value():
     test = stats.mcnemar_test([(a, b)] * 3)
     assert test.discordant == (30, 0) and 0 < test.p_value < 1e-6
     assert stats.holm([0.01, None, 0.04, 0.03]) == pytest.approx([0.03, None, 0.06, 0.06])
+    # other metrics than accuracy: a percentile bootstrap of that metric over the test cells, not accuracy's interval
+    from omicsweep.benchmark.metrics import classification_metrics
+
+    y = np.array([0] * 80 + [1] * 20)
+    pred = np.where(np.arange(100) < 70, y, 1 - y)  # 70 right, the last 30 wrong: every class-1 cell, 10 of class 0
+    proba = np.eye(2)[pred] * 0.8 + 0.1
+    low, high, method = stats.metric_interval(stats.Predictions(y, pred, proba), "balanced_accuracy")
+    value = classification_metrics(y, proba)["balanced_accuracy"]
+    assert method == "bootstrap" and low < value < high and high - low < 0.3
+    assert stats.metric_interval(stats.Predictions(y, pred), "balanced_accuracy") is None  # no probabilities saved
     assert stats.scaled_score(0.5, 0.5) == 0.0 and stats.scaled_score(1.0, 0.2) == 1.0
     assert stats.scaled_score(0.9, None) is None and stats.scaled_score(0.9, 1.0) is None
 
@@ -205,7 +217,7 @@ def test_sweep_leaderboard_has_seed_statistics(swept):
     assert (table["seeds"] == 2).all() and table["test_accuracy_mean"].is_not_null().all()
     assert (table["cpu_s"] > 0).all() and (table["peak_rss_mb"] > 0).all()
     assert table["p_vs_top"].null_count() == 1  # only the top row has no test against itself
-    assert table["test_accuracy_ci_low"].is_not_null().all() and table["scaled_score"].is_not_null().all()
+    assert table["test_ci_low"].is_not_null().all() and table["scaled_score"].is_not_null().all()
     # the re-runs saved their test predictions: McNemar pools the best trials (seed 0) and both re-run seeds
     tested = table.filter(table["test_vs_top"].is_not_null())
     assert all("3 seed(s) pooled" in t or "identical" in t for t in tested["test_vs_top"]), tested["test_vs_top"]

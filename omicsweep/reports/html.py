@@ -58,7 +58,8 @@ def summary_html(table: pl.DataFrame) -> str:
     if not len(summary):
         return ""
     return ("<h2>Across datasets</h2><p class=\"meta\">Mean scaled score and mean rank over the sections a model ran "
-            "on; failed on = sections where no trial finished.</p>"
+            "on (a section: one store and selection metric of a dataset); failed on = datasets where no trial "
+            "finished.</p>"
             + _table_html(SUMMARY_COLUMNS, summary_rows(summary), summary["role"].to_list(), 2))
 
 

@@ -6,7 +6,8 @@ or compared. Within a section a row is one (model, kind, training setup): a `tra
 sweep of the same model, and so is a sweep trained another way (DDP, DeepSpeed, GPUs).
 
 Each row is the best finished trial by the best validation value (selection never looks at test) with that
-trial's test metrics and a 95% Wilson interval of its test accuracy; the same configuration's test metrics over
+trial's test metrics and a 95% interval of its selection metric over the test cells (Wilson for accuracy,
+a percentile bootstrap otherwise); the same configuration's test metrics over
 its seed re-runs (mean, sd, 95% t interval), shown only when the re-runs trained as the trial did; McNemar's
 exact test of each row against the section's top row on the test cells (the best trials and the shared re-run
 seeds pooled), Holm-corrected across the section; the selection metric's test value scaled between the best
@@ -48,8 +49,9 @@ SCHEMA = {
     "model": pl.String, "kind": pl.String, "search": pl.String, "role": pl.String, "training_setup": pl.String,
     "best_val": pl.Float64,
     **{c: pl.Float64 for c in TEST_COLUMNS},
-    "test_selected": pl.Float64, "n_test": pl.Int64, "test_accuracy_ci_low": pl.Float64,
-    "test_accuracy_ci_high": pl.Float64,
+    # the 95% interval of test_selected over the test cells (Wilson for accuracy, else a percentile bootstrap)
+    "test_selected": pl.Float64, "n_test": pl.Int64, "test_ci_low": pl.Float64, "test_ci_high": pl.Float64,
+    "test_ci_method": pl.String,
     **{f"{c}_{s}": pl.Float64 for c in SEED_COLUMNS for s in ("mean", "sd")},
     "test_accuracy_seeds_ci_low": pl.Float64, "test_accuracy_seeds_ci_high": pl.Float64,
     "seeds": pl.Int64, "seed_values": pl.String, "seed_note": pl.String,
@@ -63,7 +65,8 @@ SCHEMA = {
 }
 SUMMARY_SCHEMA = {
     "model": pl.String, "kind": pl.String, "search": pl.String, "role": pl.String, "mean_scaled_score": pl.Float64,
-    "mean_rank": pl.Float64, "datasets": pl.Int64, "datasets_failed": pl.Int64, "sections": pl.String,
+    "mean_rank": pl.Float64, "datasets": pl.Int64, "sections_run": pl.Int64, "datasets_failed": pl.Int64,
+    "sections": pl.String,
 }
 
 
@@ -124,7 +127,9 @@ def load_predictions(client, run) -> stats.Predictions | None:
                     y, proba = np.asarray(arrays["y_true"], dtype=np.int64), np.asarray(arrays["proba"])
             except (OSError, KeyError, ValueError, Exception):  # an unreadable artifact: no predictions
                 continue
-            return stats.Predictions(y, np.argmax(proba, axis=1) if proba.ndim == 2 else proba.astype(np.int64))
+            if proba.ndim == 2:
+                return stats.Predictions(y, np.argmax(proba, axis=1), proba)
+            return stats.Predictions(y, proba.astype(np.int64))
     return None
 
 
@@ -194,6 +199,11 @@ def build_leaderboard(tracking_uri: str) -> pl.DataFrame:
     return table
 
 
+def short_fingerprint(fingerprint: str) -> str:
+    """The first 12 hex digits of a store fingerprint ('sha256:' dropped), enough to tell stores apart."""
+    return fingerprint.split(":", 1)[-1][:12]
+
+
 def _section_labels(sections: list[tuple[str, str, str]]) -> dict[tuple, str]:
     """'pbmc68k' alone; with the store and metric named when a dataset name has more than one section."""
     by_name: dict[str, list] = defaultdict(list)
@@ -203,7 +213,7 @@ def _section_labels(sections: list[tuple[str, str, str]]) -> dict[tuple, str]:
     for name, group in by_name.items():
         fingerprints = {s[1] for s in group}
         for dataset, fingerprint, metric in group:
-            parts = [f"store {fingerprint[:12]}"] if len(fingerprints) > 1 else []
+            parts = [f"store {short_fingerprint(fingerprint)}"] if len(fingerprints) > 1 else []
             if len({s[2] for s in group if s[1] == fingerprint}) > 1:
                 parts.append(f"selected by {metric}")
             labels[(dataset, fingerprint, metric)] = f"{dataset} ({', '.join(parts)})" if parts else dataset
@@ -270,7 +280,7 @@ def _record(row: _Row, test_metric: str) -> dict:
                 for r in reruns if "test_accuracy" in r.data.metrics}
     seeds_ci = stats.mean_interval(list(seed_acc.values()))
     own = row.predictions.get(int(best.data.tags.get(SEED_TAG, -1))) if best else None
-    acc_ci = stats.wilson_interval(int(own.correct.sum()), len(own.y_true)) if own is not None else None
+    ci = stats.metric_interval(own, test_metric.removeprefix("test_")) if own is not None else None
     failed = [r for r in row.trials if r.info.status == "FAILED"]
     every = row.trials + row.reruns
     cpu = [r.data.metrics["cpu_s"] for r in every if "cpu_s" in r.data.metrics]
@@ -285,7 +295,8 @@ def _record(row: _Row, test_metric: str) -> dict:
         **{c: (best.data.metrics.get(c) if best else None) for c in TEST_COLUMNS},
         "test_selected": best.data.metrics.get(test_metric) if best else None,
         "n_test": len(own.y_true) if own is not None else None,
-        "test_accuracy_ci_low": acc_ci[0] if acc_ci else None, "test_accuracy_ci_high": acc_ci[1] if acc_ci else None,
+        "test_ci_low": ci[0] if ci else None, "test_ci_high": ci[1] if ci else None,
+        "test_ci_method": ci[2] if ci else None,
         **seed_stats,
         "test_accuracy_seeds_ci_low": seeds_ci[0] if seeds_ci else None,
         "test_accuracy_seeds_ci_high": seeds_ci[1] if seeds_ci else None,
@@ -325,7 +336,8 @@ def summarize(table: pl.DataFrame) -> pl.DataFrame:
             "model": model, "kind": kind, "search": search, "role": rows[0]["role"],
             "mean_scaled_score": float(np.mean(scaled)) if scaled else None,
             "mean_rank": float(np.mean(ranks)) if ranks else None,
-            "datasets": len(ran), "datasets_failed": len(rows) - len(ran),
+            "datasets": len({r["dataset"] for r in ran}), "sections_run": len(ran),
+            "datasets_failed": len({r["dataset"] for r in rows} - {r["dataset"] for r in ran}),
             "sections": "; ".join(sorted({r["section"] for r in rows})),
         })
     summary = pl.DataFrame(records, schema=SUMMARY_SCHEMA) if records else pl.DataFrame(schema=SUMMARY_SCHEMA)

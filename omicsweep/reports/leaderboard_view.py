@@ -11,7 +11,7 @@ DISPLAY_COLUMNS = ("model", "role", "setup", "val", "test [95% CI]", "scaled", "
                    "acc seeds", "F1 seeds", "p vs top (Holm)", "AUROC", "ok", "failed", "wall s", "CPU s", "peak MB")
 # what a person decides by, fitting a 100-column terminal; the rest with --wide (and always in CSV/Parquet/HTML)
 NARROW_COLUMNS = ("model", "role", "test [95% CI]", "scaled", "acc seeds", "p vs top (Holm)", "ok", "failed")
-SUMMARY_COLUMNS = ("model", "role", "mean scaled score", "mean rank", "datasets", "failed on")
+SUMMARY_COLUMNS = ("model", "role", "mean scaled score", "mean rank", "datasets (sections)", "failed on")
 
 
 def _name(row: dict) -> str:
@@ -42,7 +42,8 @@ def _all_cells(part: pl.DataFrame) -> list[list[str]]:
 
 
 def summary_rows(summary: pl.DataFrame) -> list[list[str]]:
-    return [[_name(r), r["role"], _fmt(r["mean_scaled_score"]), _fmt(r["mean_rank"], ".1f"), str(r["datasets"]),
+    return [[_name(r), r["role"], _fmt(r["mean_scaled_score"]), _fmt(r["mean_rank"], ".1f"),
+             f"{r['datasets']} ({r['sections_run']})",
              str(r["datasets_failed"])] for r in summary.iter_rows(named=True)]
 
 
@@ -52,12 +53,19 @@ def section_caption(part: pl.DataFrame) -> str:
     metric = first["metric"].removeprefix("val_")
     n_test = max([n for n in part["n_test"].to_list() if n is not None] or [0])
     seeds = max(part["seeds"].to_list() or [0])
-    return (f"store {first['fingerprint'][:16]}; split seed {first['split_seeds'] or '?'}; test split"
+    from omicsweep.reports.leaderboard import short_fingerprint
+
+    return (f"store {short_fingerprint(first['fingerprint'])}; split seed {first['split_seeds'] or '?'}; test split"
             f"{f' ({n_test} samples)' if n_test else ''}; best trial by validation {metric} (selection never looks at "
-            f"test); test = its test {metric} with the 95% Wilson interval of its test accuracy; scaled = (test - best "
+            f"test); test = its test {metric} with its 95% interval over the test samples ({_ci_methods(part)}); scaled = (test - best "
             f"control) / (1 - best control); seeds = the configuration re-trained with {seeds} fresh seeds as the "
             f"trial trained (mean ± sd); p vs top = McNemar's exact test on the test samples against the first row, "
             f"Holm-corrected; '-' = not computable")
+
+
+def _ci_methods(part: pl.DataFrame) -> str:
+    methods = sorted({m for m in part["test_ci_method"].to_list() if m})
+    return " / ".join({"Wilson": "Wilson score", "bootstrap": "percentile bootstrap"}.get(m, m) for m in methods) or "none saved"
 
 
 def section_title(part: pl.DataFrame) -> str:
@@ -94,8 +102,8 @@ def render_leaderboard(table: pl.DataFrame, console, *, wide: bool = False) -> N
     summary = summarize(table)
     if len(summary):
         shown = Table(title="Across datasets", caption="mean scaled score and mean rank (by the test value of each "
-                      "section's selection metric) over the sections a model ran on; failed on = sections where "
-                      "no trial finished")
+                      "section's selection metric) over the sections a model ran on (a section: one store and selection "
+                      "metric of a dataset); failed on = datasets where no trial finished")
         for column in SUMMARY_COLUMNS:
             shown.add_column(column, justify="left" if column in ("model", "role") else "right")
         for cells in summary_rows(summary):
@@ -116,9 +124,9 @@ def _fmt(value, spec: str = ".3f") -> str:
 
 def _test_text(row: dict) -> str:
     value = _fmt(row["test_selected"])
-    if row["test_accuracy_ci_low"] is None:
+    if row["test_ci_low"] is None:
         return value
-    return f"{value} [{row['test_accuracy_ci_low']:.3f}, {row['test_accuracy_ci_high']:.3f}]"
+    return f"{value} [{row['test_ci_low']:.3f}, {row['test_ci_high']:.3f}]"
 
 
 def _seeds_text(row: dict, column: str) -> str:

@@ -21,6 +21,7 @@ class Predictions:
 
     y_true: np.ndarray
     y_pred: np.ndarray
+    proba: np.ndarray | None = None  # [cells, classes], where saved: metrics other than accuracy need it
 
     @property
     def correct(self) -> np.ndarray:
@@ -49,6 +50,36 @@ def mean_interval(values: list[float]) -> tuple[float, float] | None:
         return float(a.mean()), float(a.mean())
     low, high = stats.t.interval(CONFIDENCE, len(a) - 1, loc=float(a.mean()), scale=sem)
     return float(low), float(high)
+
+
+def metric_interval(predictions: Predictions, metric: str, *, seed: int = 0) -> tuple[float, float, str] | None:
+    """The 95% interval of a test metric over the test cells: Wilson's for accuracy, else scipy's percentile
+    bootstrap over cells (999 resamples; 199 above 20,000 cells). None when it cannot be computed."""
+    from scipy import stats as sps
+
+    from omicsweep.benchmark.metrics import classification_metrics
+
+    n = len(predictions.y_true)
+    if metric == "accuracy":
+        found = wilson_interval(int(predictions.correct.sum()), n)
+        return (*found, "Wilson") if found else None
+    if predictions.proba is None or n < 2:
+        return None
+    y, proba = predictions.y_true, predictions.proba
+
+    def statistic(index):
+        return classification_metrics(y[index], proba[index])[metric]
+
+    try:
+        result = sps.bootstrap((np.arange(n),), statistic, n_resamples=999 if n <= 20_000 else 199,
+                               vectorized=False, method="percentile", confidence_level=CONFIDENCE,
+                               random_state=np.random.default_rng(seed))
+    except (KeyError, ValueError):
+        return None
+    low, high = result.confidence_interval
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return None
+    return float(low), float(high), "bootstrap"
 
 
 @dataclass(frozen=True)
