@@ -140,4 +140,6 @@ def _p_text(row: dict) -> str:
     p = row["p_vs_top"]
     if p is None:
         return "-"
+    if p == 0.0:  # below the smallest double: the exact binomial tail underflowed
+        return "<1e-300"
     return f"{p:.1e}" if p < 0.001 else f"{p:.3f}"
