@@ -138,6 +138,8 @@ def validate_options(
 def option(config: Mapping[str, Any], key: str) -> Any:
     """One shared option of `config`, checked and normalised as the declaration says (absent or null: default)."""
     cls = TrainingOptions if key in TORCH_CONFIG_KEYS else TrialOptions
+    if key not in cls.model_fields:  # a gene-pair task's image keys (bins, sigma): checked by the pair task
+        return config.get(key)
     field, value = cls.model_fields[key], config.get(key)
     try:
         return _adapter(cls, key).validate_python(_normalised(field, key, value))
