@@ -10,7 +10,7 @@ import scipy.sparse as sp
 from conftest import SHARED_DATA, assert_one_line_error
 from omicsweep.datasets.corpus import PLACEHOLDER_CLASS, build_corpus, corpus_sources, read_vocabulary
 from omicsweep.datasets.ingest import ingest_file
-from omicsweep.datasets.store import open_store
+from omicsweep.datasets.open import open_store
 from omicsweep.datasets.tokens import expression_tokens
 from omicsweep.errors import InputError
 from omicsweep.models.gene2vec import nearest_genes, read_gene2vec, train_gene2vec

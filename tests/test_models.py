@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
 from omicsweep.benchmark.space import load_space
 from omicsweep.benchmark.trial import TrialContext, execute_trial
 from omicsweep.datasets import open_store
 from omicsweep.models import CELL_CLASSIFICATION, GENE_PAIR_IMAGE, Task, available_models, get_model
+from omicsweep.models.featurise import run_model
 from omicsweep.tasks import TASK_KINDS
 
 MODELS = available_models()
@@ -21,6 +23,12 @@ SAMPLE_TASKS = {
 }
 STORE_FIXTURES = {CELL_CLASSIFICATION: "pbmc_store", GENE_PAIR_IMAGE: "pair_store"}
 CASES = [pytest.param(name, kind, id=f"{name}-{kind}") for name in MODELS for kind in get_model(name).tasks]
+
+
+def _inputs(entry, task, rows) -> dict:
+    """A model's inputs for sample rows, made by its own featuriser (no transform: the rows stand for scaled ones)."""
+    genes = task.genes or tuple(f"f{i}" for i in range(task.n_features))
+    return entry.featurise(sp.csr_matrix(np.asarray(rows, dtype=np.float32)), genes, None)
 
 
 def test_every_task_kind_has_a_sample_task_and_a_store():
@@ -44,7 +52,9 @@ def test_space_file_is_valid_and_defaults_build(name, kind):
     model = entry.build({**space.defaults, **space.tiny}, task)
     if entry.family == "torch":
         model.eval()
-        assert model(torch.randn(4, task.n_features)).shape == (4, 3)
+        inputs = _inputs(entry, task, torch.randn(4, task.n_features).numpy())
+        assert isinstance(inputs, dict) and all(isinstance(v, torch.Tensor) for v in inputs.values())
+        assert run_model(model, inputs).shape == (4, 3)
     else:
         assert hasattr(model, "fit") and hasattr(model, "predict_proba")
 
@@ -117,6 +127,7 @@ def test_training_lowers_the_loss_and_fits_a_tiny_batch(name, kind, one_thread):
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(16, task.n_features, generator=gen), torch.randperm(16, generator=gen) % 3
+    x = _inputs(entry, task, x.numpy())  # what the model eats, through its featuriser
     # the model's own loss and optimiser family, at a rate that fits 16 cells quickly (mlp's default is 1e-6)
     cfg = {**_tiny_config(name), "lr": 1e-2, "weight_decay": 0.0, "schedule": "none", "grad_clip": 0}
     model = entry.build(cfg, task)
@@ -125,7 +136,7 @@ def test_training_lowers_the_loss_and_fits_a_tiny_batch(name, kind, one_thread):
     def evaluate():
         model.eval()
         with torch.no_grad():
-            logits = model(x)
+            logits = run_model(model, x)
         return float(loss_fn(logits, y)), float((logits.argmax(dim=1) == y).float().mean())
 
     before, _ = evaluate()
@@ -156,7 +167,7 @@ def test_save_then_load_predicts_identically(name, kind, one_thread, tmp_path):
         assert np.array_equal(restored.predict_proba(x), fitted.predict_proba(x))
         assert np.array_equal(np.asarray(restored.classes_), np.asarray(fitted.classes_))
         return
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    xt, yt = _inputs(entry, task, x), torch.from_numpy(y)
     for members in (1, 2):
         cfg = {**_tiny_config(name), "ensemble": members}
         torch.manual_seed(0)
@@ -165,7 +176,7 @@ def test_save_then_load_predicts_identically(name, kind, one_thread, tmp_path):
         for _ in range(3):  # move weights and BatchNorm statistics away from their initial values
             model.train()
             optimizer.zero_grad()
-            torch.nn.functional.nll_loss(torch.log_softmax(model(xt), dim=1), yt).backward()
+            torch.nn.functional.nll_loss(torch.log_softmax(run_model(model, xt), dim=1), yt).backward()
             optimizer.step()
         buffer = io.BytesIO()
         torch.save(model.state_dict(), buffer)
@@ -175,7 +186,7 @@ def test_save_then_load_predicts_identically(name, kind, one_thread, tmp_path):
         restored.load_state_dict(torch.load(buffer, weights_only=True))
         model.eval(), restored.eval()
         with torch.no_grad():
-            assert torch.equal(model(xt), restored(xt)), f"{name}: ensemble={members}"
+            assert torch.equal(run_model(model, xt), run_model(restored, xt)), f"{name}: ensemble={members}"
 
 
 @pytest.mark.parametrize("name, kind", CASES)
@@ -216,7 +227,7 @@ def test_checkpoint_reloads_as_predict_does_and_repeats_the_trial_s_test_predict
 
     trained = load_trained_model(tmp_path, name)
     assert trained.task.kind == kind and trained.classes == list(store.classes)
-    seen = open_store(store_path, config=trained.config)  # a pair task's images at the trial's bins and sigma
+    seen = entry.featurised_store(open_store(store_path), trained.config)  # a pair task: images at the trial's bins
     test = seen.split_indices("test")
     aligned = align_genes(seen.read_rows(0, seen.n_cells)[test], list(map(str, seen.genes())), trained.genes)
     assert aligned.present == len(trained.genes) == trained.task.n_features
@@ -423,3 +434,112 @@ def test_dnn_rejects_bad_depth(config):
 
     with pytest.raises(ConfigError, match="dnn"):
         get_model("dnn").build({"dropout": 0.1, **config}, Task(n_features=7, n_classes=3))
+
+
+# ---- the model contract a transformer fits: featuriser dicts, parameter groups, per-step schedules, bf16 ---------
+
+
+def _token_featurise(batch, genes, transform):
+    """scBERT-style inputs from a CSR batch: expression tokens and a padding mask (1 where a gene is expressed)."""
+    from omicsweep.datasets.tokens import expression_tokens
+
+    tokens = expression_tokens(batch, append_position=False)
+    return {"tokens": tokens, "padding_mask": tokens > 0}
+
+
+class _TokenPooler(torch.nn.Module):
+    """Throw-away token model: embeds each gene's token, averages the expressed ones, a linear head."""
+
+    def __init__(self, n_genes: int, n_classes: int, dim: int = 8):
+        super().__init__()
+        self.n_genes = n_genes
+        self.token = torch.nn.Embedding(8, dim)
+        self.gene = torch.nn.Embedding(n_genes, dim)
+        self.head = torch.nn.Linear(dim, n_classes)
+
+    def forward(self, tokens, padding_mask):
+        assert tokens.dtype == torch.long and padding_mask.dtype == torch.bool  # each tensor kept its own dtype
+        h = self.token(tokens.clamp(max=7)) + self.gene.weight
+        weights = padding_mask.unsqueeze(-1).to(h.dtype)
+        return self.head((h * weights).sum(1) / weights.sum(1).clamp_min(1.0))
+
+    def param_groups(self, config):
+        lr = float(config["lr"])
+        return [{"params": [*self.token.parameters(), *self.gene.parameters()], "lr": lr / 10},
+                {"params": self.head.parameters(), "lr": lr}]
+
+
+@pytest.fixture
+def token_model():
+    """A model with its own featuriser (two tensors), registered for one test and removed after."""
+    from omicsweep.models.base import _REGISTRY, ModelEntry, register
+
+    entry = register(ModelEntry(name="throwaway_tokens", family="torch", featuriser=_token_featurise,
+                                build=lambda config, task: _TokenPooler(task.n_features, task.n_classes),
+                                description="test-only token model"))
+    try:
+        yield entry
+    finally:
+        _REGISTRY.pop(entry.name, None)
+
+
+def test_a_model_with_its_own_featuriser_trains_through_the_real_fit_path(token_model, pbmc_store, one_thread):
+    """One epoch of the sweep's trial: the loader yields the featuriser's dict, the loop moves each tensor and
+    passes them as keyword arguments, the backbone trains at a tenth of the head's lr under a per-step warm-up
+    cosine schedule in bf16; the checkpoint reloads as `predict` does and labels through the same featuriser."""
+    import tempfile
+    from pathlib import Path
+
+    from omicsweep.benchmark.predict import load_trained_model
+    from omicsweep.benchmark.sweep import write_dataset_files
+
+    assert "throwaway_tokens" in available_models()
+    store = open_store(pbmc_store)
+    config = {"lr": 1e-2, "batch_size": 64, "max_epochs": 1, "patience": 1, "schedule": "cosine",
+              "schedule_unit": "step", "warmup_steps": 2, "precision": "bf16"}
+    context = TrialContext(store_path=str(pbmc_store), fingerprint=store.fingerprint, model="throwaway_tokens",
+                           defaults=config, seed=0, metric="accuracy")
+    results = []
+    with tempfile.TemporaryDirectory() as folder:
+        def report(metrics, files):
+            results.append(metrics)
+            for name, write in (files or {}).items():
+                write(str(Path(folder) / name))
+
+        execute_trial(context, {}, report)
+        write_dataset_files(pbmc_store, Path(folder))
+        trained = load_trained_model(Path(folder), "throwaway_tokens")
+        proba = trained.predict_proba(store.read_rows(0, 10))
+    assert len(results) == 1 and np.isfinite(results[0]["train_loss"]) and np.isfinite(results[0]["test_accuracy"])
+    assert results[0]["train_lr"] == pytest.approx(1e-2 / 10 / 3)  # first group, before the first of 2 warm-up steps
+    assert proba.shape == (10, len(store.classes)) and np.allclose(proba.sum(axis=1), 1, atol=1e-3)
+
+
+def test_per_step_schedule_warms_up_then_follows_the_schedule_in_every_parameter_group():
+    from omicsweep.benchmark.training import make_lr_schedule, make_optimizer, model_parameters
+
+    model = _TokenPooler(4, 2)
+    cfg = {"lr": 1.0, "max_epochs": 2, "schedule": "cosine", "schedule_unit": "step", "warmup_steps": 3}
+    optimizer = make_optimizer(model_parameters(model, cfg), cfg)
+    schedule = make_lr_schedule(optimizer, cfg, steps_per_epoch=5)
+    seen = []
+    for _ in range(10):  # 2 epochs of 5 optimiser steps
+        seen.append([group["lr"] for group in optimizer.param_groups])
+        schedule.optimizer_step()
+    head = [lrs[1] for lrs in seen]
+    assert head[:3] == pytest.approx([0.25 * np.cos(0) * 1, 0.5 * 0.5 * (1 + np.cos(np.pi / 10)),
+                                      0.75 * 0.5 * (1 + np.cos(2 * np.pi / 10))])
+    assert all(a > b for a, b in zip(head[3:], head[4:])) and optimizer.param_groups[1]["lr"] == pytest.approx(0.0)
+    assert all(lrs[0] == pytest.approx(lrs[1] / 10) for lrs in seen)  # the backbone keeps its tenth
+    step = make_lr_schedule(make_optimizer(torch.nn.Linear(2, 2).parameters(), {**cfg, "schedule": "step",
+                                                                                 "warmup_steps": 0, "step_size": 2}),
+                            {**cfg, "schedule": "step", "warmup_steps": 0, "step_size": 2}, steps_per_epoch=5)
+    lrs = []
+    for _ in range(5):
+        lrs.append(step.groups[0]["lr"])
+        step.optimizer_step()
+    assert lrs == [1.0, 1.0, 0.5, 0.5, 0.25]
+    default = make_lr_schedule(torch.optim.Adam(torch.nn.Linear(2, 2).parameters()), {"schedule": "none",
+                                                                                       "max_epochs": 2},
+                               steps_per_epoch=5)
+    assert default is None  # per epoch, no warm-up: today's torch schedulers, stepped once per epoch

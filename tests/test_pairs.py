@@ -22,6 +22,13 @@ def _dendritic_rows():
     return [line.split("\t") for line in lzma.open(CNNC_DENDRITIC, "rt").read().splitlines()]
 
 
+def _imaged(pair_store, config):
+    """The pair store as CNNC's featuriser reads it for a trial config: its images at the config's bins/sigma."""
+    from omicsweep.models import get_model
+
+    return get_model("cnnc").featurised_store(open_store(pair_store), config)
+
+
 def _actinn_expression(store):
     """Cells x genes from the store, gene names lower-cased (as CNNC writes its symbols)."""
     matrix = store.read_rows(0, store.n_cells).toarray()
@@ -38,9 +45,9 @@ def test_images_are_cnnc_histograms_of_the_expression(pair_store, actinn_store):
     a, b = open_store(pair_store).pair_genes()
     picks = np.random.default_rng(0).choice(len(a), 8, replace=False)
     for bins, sigma in ((32, 0.0), (24, 0.0), (16, 1.5)):
-        store = open_store(pair_store, config={"bins": bins, "sigma": sigma})
+        store = _imaged(pair_store, {"bins": bins, "sigma": sigma})
         images = store.images()
-        assert images.shape == (store.n_pairs, bins * bins) and store.input_shape == (1, bins, bins)
+        assert images.shape == (store.n_samples, bins * bins) and store.input_shape == (1, bins, bins)
         assert store.images() is images  # built once per (bins, sigma) in a process
         for i in picks:
             x_a, x_b = matrix[:, column[a[i].lower()]], matrix[:, column[b[i].lower()]]
@@ -118,6 +125,26 @@ def test_bad_pair_input_is_one_line_and_writes_nothing(cli, actinn_store, tmp_pa
     extra = ["--folds", "1"] if case == "bad_folds" else []
     assert_one_line_error(*cli("ingest-pairs", source, "--expression", actinn_store, "--out", out, *extra), *needles)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["bad.txt"] + (["bad_num.txt"] * (case != "no_parts")))
+
+
+@pytest.mark.shared_data
+def test_a_pair_store_takes_no_image_settings_and_its_images_are_the_featuriser_s_view(pair_store):
+    """Storage takes no trial hyperparameters: bins/sigma shape the featuriser's view, not open_store; the store,
+    the view and a cell store all have the one written interface (datasets.protocol.SampleStore)."""
+    from omicsweep.datasets.pair_images import PairImages
+    from omicsweep.datasets.protocol import SampleStore
+    from omicsweep.datasets.store import Store
+
+    with pytest.raises(TypeError):
+        open_store(pair_store, config={"bins": 16})
+    store = open_store(pair_store)
+    assert not hasattr(store, "n_pairs")
+    view = _imaged(pair_store, {"bins": 16, "sigma": 0.5})
+    assert isinstance(view, PairImages) and (view.bins, view.sigma) == (16, 0.5)
+    assert view.fingerprint == store.fingerprint and view.n_samples == store.n_samples
+    assert view.n_features == 256 and list(view.features()[:2]) == ["r0c0", "r0c1"]
+    assert view.provenance["bins"] == 16 and np.array_equal(view.labels(), store.labels())
+    assert isinstance(store, SampleStore) and isinstance(view, SampleStore)
 
 
 @pytest.mark.shared_data
@@ -226,18 +253,18 @@ def test_predict_export_and_report_work_on_a_cnnc_run(cnnc_trained, cli, pair_st
     table = tmp_path / "pairs.csv"
     code, stdout, stderr = cli("predict", pair_store, "--run", run, "--runs", out, "--out", table)
     assert code == 0, stdout + stderr
-    store = open_store(pair_store, config={"bins": 16})
+    store = _imaged(pair_store, {"bins": 16})
     rows = pl.read_csv(table)
     a, b = store.pair_genes()
     assert rows["gene_a"].to_list() == a.tolist() and rows["gene_b"].to_list() == b.tolist()
     assert rows["label"].to_list() == [store.classes[y] for y in store.labels()]
     test = store.split_indices("test")
-    assert (rows["split"].to_numpy()[test] == "test").all() and len(rows) == store.n_pairs
+    assert (rows["split"].to_numpy()[test] == "test").all() and len(rows) == store.n_samples
     # the trial's own test-split probabilities, from the model in memory: predict labels those pairs the same
     proba = _logged_test_predictions(out, run, tmp_path / "checkpoint")
     assert rows["predicted_label"].to_numpy()[test].tolist() == [store.classes[k] for k in proba.argmax(axis=1)]
     assert rows["predicted_probability"].to_numpy()[test] == pytest.approx(proba.max(axis=1), rel=1e-5)
-    assert f"{store.n_pairs} gene pairs labelled by cnnc" in stdout
+    assert f"{store.n_samples} gene pairs labelled by cnnc" in stdout
 
     code, stdout, stderr = cli("export", "--run", run, "--name", "dendritic-cnnc", "--runs", out)
     assert code == 0, stdout + stderr

@@ -62,7 +62,7 @@ TINY_MLP = {"n_layers": 1, "width": 16, "lr": 3.0e-3, "weight_decay": 0.0, "drop
 def test_reproduce_a_ddp_trial_in_one_process_says_the_setup_differs(cli, pbmc_store, tmp_path):
     """A DDP trial's record re-run with --workers 1: the output says the setups differ and does not call the
     metrics a (failed) reproduction; the exit code is 1 (not confirmed)."""
-    from omicsweep.datasets.store import open_store
+    from omicsweep.datasets.open import open_store
     from omicsweep.reports.tracking import MlflowRecorder, default_tracking_uri
 
     store = open_store(pbmc_store)

@@ -43,22 +43,36 @@ class TrainedModel:
     config: dict[str, Any]
     value_kind: str | None = None  # 'counts', 'log', 'other' or 'image': what the training store held
     task: Any = None  # models.Task the trial built (kind, n_features, input_shape)
+    featuriser: Any = None  # the model entry's featuriser (models/featurise.py): rows -> its inputs
 
-    def predict_proba(self, x: np.ndarray, *, batch_size: int = 4096) -> np.ndarray:
-        """Class probabilities for aligned rows (samples x training features), transform applied here."""
-        out = [
-            self.predict_transformed(self.transform(np.array(x[start : start + batch_size], dtype=np.float32)))
-            for start in range(0, len(x), batch_size)
-        ]
+    def predict_proba(self, x, *, batch_size: int = 4096) -> np.ndarray:
+        """Class probabilities for aligned rows (samples x training features, dense or CSR): a torch model's
+        inputs are made by its featuriser (the transform applied there), an estimator's are the transformed rows."""
+        rows = sp.csr_matrix(x, dtype=np.float32)
+        out = [self._predict_rows(rows[start : start + batch_size]) for start in range(0, rows.shape[0], batch_size)]
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
 
+    def _predict_rows(self, rows: sp.csr_matrix) -> np.ndarray:
+        if self.family == "torch":
+            import torch
+
+            from omicsweep.models.featurise import run_model
+
+            with torch.no_grad():
+                inputs = self.featuriser(rows, self.genes, self.transform)
+                return torch.softmax(run_model(self.model, inputs).float(), dim=1).numpy()
+        return self.predict_transformed(self.transform(rows.toarray().astype(np.float32, copy=False)))
+
     def predict_transformed(self, dense: np.ndarray) -> np.ndarray:
-        """Class probabilities for rows already transformed (as the loader yields them)."""
+        """Class probabilities for rows already transformed (as the loader's dense batches yield them)."""
         import torch
 
         if self.family == "torch":
+            from omicsweep.models.featurise import run_model
+
             with torch.no_grad():
-                return torch.softmax(self.model(torch.from_numpy(np.asarray(dense, dtype=np.float32))), dim=1).numpy()
+                x = torch.from_numpy(np.asarray(dense, dtype=np.float32))
+                return torch.softmax(run_model(self.model, x).float(), dim=1).numpy()
         from omicsweep.benchmark.training import full_proba
 
         return full_proba(self.model, dense, len(self.classes))
@@ -129,7 +143,7 @@ def load_trained_model(folder: Path, model: str) -> TrainedModel:
     return TrainedModel(
         name=model, family=entry.family, genes=list(task.genes), classes=classes, transform=transform,
         model=_load_model(entry, config, task, folder), config=config, value_kind=dataset.get("value_kind"),
-        task=task,
+        task=task, featuriser=entry.featurise,  # featurisers that fit state would save it in the checkpoint
     )
 
 
@@ -195,7 +209,7 @@ class Prediction:
 
 
 def predict_cells(trained: TrainedModel, aligned: sp.csr_matrix) -> Prediction:
-    proba = trained.predict_proba(aligned.toarray())
+    proba = trained.predict_proba(aligned)
     k = min(TOP_K, proba.shape[1])
     order = np.argsort(-proba, axis=1, kind="stable")[:, :k]
     classes = np.asarray(trained.classes, dtype=object)
@@ -260,14 +274,16 @@ def write_predictions(adata, prediction: Prediction, out: Path, *, info: dict[st
 
 
 def read_pair_store(path: Path, trained: TrainedModel):
-    """The pair-task store at `path`, its images made with the trial's `bins` and `sigma` (and its `fold`'s split)."""
+    """The pair-task store at `path` as the trial's model read it (its featuriser's view: images made with the
+    trial's `bins` and `sigma`), with its `fold`'s split."""
+    from omicsweep.datasets.open import open_store
     from omicsweep.datasets.pair_store import is_pair_store
-    from omicsweep.datasets.store import open_store
+    from omicsweep.models import get_model
 
     if not is_pair_store(path):
         raise InputError(f"{path}: {trained.name} labels gene pairs; pass a gene-pair task store (pairs matched to "
                          "an expression store, made with `omicsweep ingest-pairs`)")
-    return open_store(path, fold=trained.config.get("fold"), config=trained.config)
+    return get_model(trained.name).featurised_store(open_store(path, fold=trained.config.get("fold")), trained.config)
 
 
 def predict_pairs(trained: TrainedModel, store) -> Prediction:
@@ -286,7 +302,7 @@ def write_pair_predictions(store, prediction: Prediction, out: Path) -> None:
     from omicsweep.datasets.pair_store import SPLITS
 
     gene_a, gene_b = store.pair_genes()
-    split = np.full(store.n_pairs, "", dtype=object)
+    split = np.full(store.n_samples, "", dtype=object)
     for name in SPLITS:
         split[store.split_indices(name)] = name
     table = pd.DataFrame({

@@ -94,7 +94,7 @@ def comparable(key: str) -> bool:
 
 def check_store(record: TrialRecord, store_path: str | Path | None = None) -> str:
     """The store to re-run on, refusing one whose fingerprint is not the recorded one."""
-    from omicsweep.datasets.store import open_store
+    from omicsweep.datasets.open import open_store
 
     path = store_path or record.store_path
     if not path:

@@ -15,13 +15,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
 
 from omicsweep.errors import ConfigError
-
 
 
 @dataclass
@@ -36,9 +35,22 @@ class Strategy:
     def compute_dtype(self) -> torch.dtype:
         return torch.float32
 
-    def to_device(self, x: torch.Tensor) -> torch.Tensor:
+    def to_device(self, x):
+        """A tensor, or every tensor of a featuriser's dict, on this strategy's device (floats in its dtype)."""
+        if isinstance(x, Mapping):
+            return {key: self.to_device(value) for key, value in x.items()}
         x = x.to(self.device, non_blocking=True)
         return x.to(self.compute_dtype) if x.is_floating_point() else x
+
+    def autocast(self, precision: str = "fp32"):
+        """The forward passes' context: torch.autocast to bfloat16 on this device for precision 'bf16' (the
+        trial's `precision` option), nothing for 'fp32'. DeepSpeed's own bf16/fp16 settings cast the weights
+        instead (compute_dtype), so with them autocast is a no-op on already-cast tensors."""
+        import contextlib
+
+        if precision != "bf16":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
     def lockstep(self, batches: Iterable) -> Iterator:
         """The training batches; several ranks stop together when the first runs out, since a rank left waiting
@@ -66,12 +78,14 @@ class Strategy:
         """The torch optimiser whose param groups' `lr` the step uses: what a torch LR scheduler wraps."""
         return optimizer
 
-    def step(self, model, optimizer, loss: torch.Tensor, grad_clip: float) -> None:
+    def step(self, model, optimizer, loss: torch.Tensor, grad_clip: float) -> bool:
+        """One optimisation step on `loss`; True when the optimiser stepped (what a per-step schedule counts)."""
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip > 0:
             nn.utils.clip_grad_norm_(model.parameters(), max_norm=grad_clip)
         optimizer.step()
+        return True
 
     def module(self, model) -> nn.Module:
         """The plain nn.Module inside whatever `prepare` wrapped it in."""
@@ -108,8 +122,8 @@ class DeepSpeed(Strategy):
     gradient_accumulation_steps and the world size. The optimiser is the loop's torch optimiser unless the
     config file names its own (DeepSpeed's fused CPU Adam costs a C++ build on first use).
 
-    The trial's per-epoch `schedule` is a torch scheduler on the engine's basic (torch) optimiser, stepped by the
-    loop once per epoch: with ZeRO or bf16/fp16 the optimiser `initialize` returns is DeepSpeed's wrapper, which
+    The trial's `schedule` is a torch scheduler (or, per optimiser step, `training_options.StepSchedule`) on the
+    engine's basic (torch) optimiser, stepped by the loop once per epoch (or once per accumulation boundary): with ZeRO or bf16/fp16 the optimiser `initialize` returns is DeepSpeed's wrapper, which
     torch schedulers reject, and whose param groups are the basic optimiser's. It is not passed to `initialize`
     as `lr_scheduler`, since the engine would step it at every optimiser step.
     """
@@ -156,9 +170,11 @@ class DeepSpeed(Strategy):
     def torch_optimizer(self, model, optimizer) -> torch.optim.Optimizer:
         return getattr(model, "basic_optimizer", None) or optimizer  # DeepSpeedEngine: the optimiser ZeRO wraps
 
-    def step(self, model, optimizer, loss, grad_clip) -> None:
+    def step(self, model, optimizer, loss, grad_clip) -> bool:
+        boundary = bool(model.is_gradient_accumulation_boundary())  # this micro-batch ends an optimiser step
         model.backward(loss)  # the engine scales the loss by the accumulation steps and for fp16
         model.step()          # steps the optimiser at accumulation boundaries, zeroing the gradients
+        return boundary
 
     def module(self, model) -> nn.Module:
         from deepspeed import DeepSpeedEngine

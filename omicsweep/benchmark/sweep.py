@@ -391,7 +391,7 @@ def _json(value: Any) -> str:
 
 def write_dataset_files(store_path: Path, folder: Path) -> None:
     """genes.txt (one name a line, store order) and classes.json: what `predict` needs to align new data."""
-    from omicsweep.datasets.store import open_store
+    from omicsweep.datasets.open import open_store
 
     store = open_store(store_path)
     (folder / GENES_FILE).write_text("\n".join(store.genes()) + "\n")

@@ -22,6 +22,15 @@ from omicsweep.benchmark.options import (  # noqa: F401 - LOSSES, SCHEDULES, ...
     LOSSES, OPTIMIZERS, SCHEDULES, TORCH_CONFIG_KEYS, TRIAL_CONFIG_KEYS, option, validate_options,
 )
 from omicsweep.benchmark.strategies import Strategy
+from omicsweep.benchmark.training_options import (  # noqa: F401 - re-exported: the loss/optimiser/schedule makers
+    FocalLoss,
+    balanced_class_weights,
+    make_loss,
+    make_lr_schedule,
+    make_optimizer,
+    make_scheduler,
+    model_parameters,
+)
 from omicsweep.datasets.loader import CellBatches, ExpressionTransform, load_split, training_batches
 from omicsweep.datasets.resample import apply_class_weight, resample_arrays
 from omicsweep.datasets.store import Store
@@ -29,6 +38,7 @@ from omicsweep.errors import ConfigError
 from omicsweep.models.base import ModelEntry, Task
 from omicsweep.models.ensemble import EnsembleClassifier, build_torch_model, ensemble_size  # noqa: F401 - re-exported
 from omicsweep.models.estimator_state import ESTIMATOR_FILE, save_estimator
+from omicsweep.models.featurise import DEFAULT_FEATURISER, as_inputs, run_model
 
 Report = Callable[[dict[str, Any], "dict[str, Callable[[str], None]] | None"], None]
 
@@ -100,66 +110,10 @@ def check_config(
         raise ConfigError(f"model {entry.name}: configuration rejected ({type(exc).__name__}: {exc})") from None
 
 
-def balanced_class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
-    """n / (k * count_c) over the k classes present in `labels`; classes absent from them get weight 0."""
-    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes).astype(np.float64)
-    present = counts > 0
-    weights = np.zeros(n_classes)
-    weights[present] = counts.sum() / (present.sum() * counts[present])
-    return torch.as_tensor(weights, dtype=torch.float32)
-
-
-class FocalLoss(nn.Module):
-    """Multi-class focal loss, mean over the batch: -(1 - p_t)^gamma * log p_t (Lin et al. 2017)."""
-
-    def __init__(self, gamma: float = 2.0):
-        super().__init__()
-        self.gamma = float(gamma)
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        log_pt = torch.log_softmax(logits, dim=1).gather(1, target.unsqueeze(1)).squeeze(1)
-        return (-((1.0 - log_pt.exp()) ** self.gamma) * log_pt).mean()
-
-
-def make_loss(config: dict[str, Any], *, n_classes: int, train_labels: np.ndarray | None = None) -> nn.Module:
-    """The training objective named by config['loss']; weighted_ce needs the training split's labels."""
-    kind = _option(config, "loss", LOSSES)
-    if kind == "focal":
-        return FocalLoss(gamma=float(config.get("focal_gamma", 2.0)))
-    if kind == "weighted_ce":
-        if train_labels is None:
-            raise ValueError("loss=weighted_ce needs the training labels to weight the classes")
-        return nn.CrossEntropyLoss(weight=balanced_class_weights(train_labels, n_classes))
-    return nn.CrossEntropyLoss()
-
-
 def _train_labels_if_needed(config: dict[str, Any], store: Store) -> np.ndarray | None:
     if _option(config, "loss", LOSSES) != "weighted_ce":
         return None
     return store.labels()[store.split_indices("train")]
-
-
-def make_optimizer(params, config: dict[str, Any]) -> torch.optim.Optimizer:
-    """Adam (default), AdamW (decoupled weight decay) or SGD with momentum 0.9; lr and weight_decay from config."""
-    kind = _option(config, "optimizer", OPTIMIZERS)
-    lr, weight_decay = float(config["lr"]), float(config.get("weight_decay", 0.0))
-    if kind == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    if kind == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
-    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, config: dict[str, Any]):
-    """Per-epoch learning-rate schedule: none, cosine over max_epochs, or halving every step_size epochs (5).
-
-    `optimizer` is a torch optimiser: under DeepSpeed, the one its engine wraps (`Strategy.torch_optimizer`)."""
-    kind = _option(config, "schedule", SCHEDULES)
-    if kind == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, int(config["max_epochs"])))
-    if kind == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, int(config.get("step_size", 5))), gamma=0.5)
-    return None
 
 
 # ---- torch -------------------------------------------------------------------------------------------------------
@@ -167,14 +121,19 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: dict[str, Any]):
 
 @torch.no_grad()
 def predict_torch(
-    model: nn.Module, batches: CellBatches, strategy: Strategy | None = None
+    model: nn.Module, batches: CellBatches, strategy: Strategy | None = None, *, precision: str = "fp32",
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Class probabilities, labels and mean cross-entropy over a split (on the strategy's device)."""
+    """Class probabilities, labels and mean cross-entropy over a split (on the strategy's device).
+
+    A batch's x is the model's featurised inputs (a dict of tensors: the forward's keyword arguments) or a bare
+    dense tensor (the default featuriser's "x")."""
     strategy = strategy or Strategy()
     model.eval()
     probas, labels, loss_sum = [], [], 0.0
     for x, y in batches:
-        logits = model(strategy.to_device(x)).float().cpu()
+        with strategy.autocast(precision):
+            logits = run_model(model, strategy.to_device(as_inputs(x)))
+        logits = logits.float().cpu()
         loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
         probas.append(torch.softmax(logits, dim=1).numpy())
         labels.append(y.numpy())
@@ -183,22 +142,30 @@ def predict_torch(
     return p_all, y_all, loss_sum / max(1, len(y_all))
 
 
-def _eval_batches(inputs: FitInputs, split: str) -> CellBatches:
-    return CellBatches(inputs.store, split, batch_size=1024, transform=inputs.transform, shuffle=False)
+def _eval_batches(inputs: FitInputs, split: str, featurise=None) -> CellBatches:
+    return CellBatches(inputs.store, split, batch_size=1024, transform=inputs.transform, shuffle=False,
+                       featurise=featurise)
 
 
 def train_epoch(
     model: nn.Module, batches, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, *, grad_clip: float = 0.0,
-    strategy: Strategy | None = None,
+    strategy: Strategy | None = None, schedule=None, precision: str = "fp32",
 ) -> float:
-    """One pass over `batches` of (x, y); returns the mean training loss per cell (of this rank's shard)."""
+    """One pass over `batches` of (inputs, y); returns the mean training loss per cell (of this rank's shard).
+
+    schedule: a per-step learning-rate schedule (training_options.make_lr_schedule), told of each optimiser step;
+    precision 'bf16': forward passes under torch.autocast."""
     strategy = strategy or Strategy()
     model.train()
     loss_sum, seen = 0.0, 0
     for x, y in strategy.lockstep(batches):
         y = strategy.to_device(y)
-        loss = loss_fn(model(strategy.to_device(x)).float(), y)
-        strategy.step(model, optimizer, loss, grad_clip)
+        with strategy.autocast(precision):
+            logits = run_model(model, strategy.to_device(as_inputs(x)))
+        loss = loss_fn(logits.float(), y)
+        stepped = strategy.step(model, optimizer, loss, grad_clip)
+        if schedule is not None and stepped is not False:
+            schedule.optimizer_step()
         loss_sum += loss.item() * len(y)
         seen += len(y)
     return loss_sum / max(1, seen)
@@ -210,17 +177,27 @@ class _Member:
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: Any
+    scheduler: Any  # training_options.EpochSchedule / StepSchedule, or None
     batches: CellBatches
     rng_state: torch.Tensor
     pretrain_loss: float | None
 
 
-def _make_member(entry: ModelEntry, inputs: FitInputs, index: int) -> _Member:
+def _steps_per_epoch(batches, world_size: int) -> int:
+    """Optimiser steps of one epoch on this rank, for a per-step schedule's horizon (resampled epochs vary a
+    little; the first epoch's count is used)."""
+    from omicsweep.datasets.loader import steps_per_epoch
+
+    n_rows = getattr(batches, "n_rows_all_ranks", None) or getattr(batches, "n_cells", 0)
+    return steps_per_epoch(int(n_rows), world_size, batch_size=batches.batch_size, min_batch=batches.min_batch)
+
+
+def _make_member(entry: ModelEntry, inputs: FitInputs, index: int, featurise=None) -> _Member:
     """Member `index` seeded with seed + index (member 0 of a one-model run is exactly the plain run).
 
     A module with a `pretrain(train_batches, config)` method (e.g. autoencoder initialisation) gets it called
-    here, before the classifier's optimiser exists.
+    here, before the classifier's optimiser exists. The optimiser steps the module's `param_groups(config)` when
+    it has them (training_options.model_parameters).
     """
     cfg, seed, strategy = inputs.config, inputs.seed + index, inputs.strategy
     torch.manual_seed(seed)
@@ -230,19 +207,21 @@ def _make_member(entry: ModelEntry, inputs: FitInputs, index: int) -> _Member:
     batches = training_batches(
         inputs.store, inputs.transform, cfg, batch_size=int(cfg["batch_size"]), seed=seed,
         min_batch=2,  # BatchNorm needs two cells per batch
-        rank=strategy.rank, world_size=strategy.world_size,
+        rank=strategy.rank, world_size=strategy.world_size, featurise=featurise,
     )
     pretrain = getattr(model, "pretrain", None)
     pretrain_loss = pretrain(batches, cfg) if callable(pretrain) else None
     model = model.to(strategy.device)
-    optimizer = make_optimizer(model.parameters(), cfg)
+    optimizer = make_optimizer(model_parameters(model, cfg), cfg)
     model, optimizer = strategy.prepare(model, optimizer, cfg)
-    scheduler = make_scheduler(strategy.torch_optimizer(model, optimizer), cfg)
+    scheduler = make_lr_schedule(strategy.torch_optimizer(model, optimizer), cfg,
+                                 steps_per_epoch=_steps_per_epoch(batches, strategy.world_size))
     return _Member(model, optimizer, scheduler, batches, torch.get_rng_state(), pretrain_loss)
 
 
 def _train_members_one_epoch(
-    members: list[_Member], epoch: int, loss_fn: nn.Module, grad_clip: float, strategy: Strategy | None = None
+    members: list[_Member], epoch: int, loss_fn: nn.Module, grad_clip: float, strategy: Strategy | None = None,
+    precision: str = "fp32",
 ) -> float:
     """Each member trains one epoch on its own RNG stream; returns their mean training loss."""
     losses = []
@@ -250,9 +229,9 @@ def _train_members_one_epoch(
         torch.set_rng_state(member.rng_state)
         member.batches.set_epoch(epoch)
         losses.append(train_epoch(member.model, member.batches, member.optimizer, loss_fn, grad_clip=grad_clip,
-                                  strategy=strategy))
+                                  strategy=strategy, schedule=member.scheduler, precision=precision))
         if member.scheduler is not None:
-            member.scheduler.step()
+            member.scheduler.epoch_end()
         member.rng_state = torch.get_rng_state()
     return float(np.mean(losses))
 
@@ -276,26 +255,31 @@ def fit_torch(entry: ModelEntry, inputs: FitInputs, report: Report) -> None:
     n_members = ensemble_size(cfg)
     if n_members > 1 and strategy.world_size > 1:
         raise ConfigError("ensemble > 1 trains its members in one process; use workers_per_trial 1 for ensembles")
-    members = [_make_member(entry, inputs, i) for i in range(n_members)]
+    # what the model eats, made from CSR batches; the default's batches are the loader's own dense tensors (the
+    # same values; as_inputs reads them as {"x": ...}), so a `pretrain` hook still gets (x, y) tensors
+    featurise = entry.featurise.fit(inputs.store, cfg)
+    featurise = None if featurise is DEFAULT_FEATURISER else featurise
+    precision = str(option(cfg, "precision"))
+    members = [_make_member(entry, inputs, i, featurise) for i in range(n_members)]
     # training goes through the strategy's wrapper (DDP, DeepSpeed engine); evaluation uses the plain module
     model = strategy.module(members[0].model) if n_members == 1 else EnsembleClassifier([m.model for m in members])
     loss_fn = make_loss(cfg, n_classes=inputs.task.n_classes, train_labels=_train_labels_if_needed(cfg, inputs.store))
     loss_fn = loss_fn.to(strategy.device)
     grad_clip = float(cfg.get("grad_clip") or 0.0)
     pretrained = [m.pretrain_loss for m in members if m.pretrain_loss is not None]
-    val, test = _eval_batches(inputs, "val"), _eval_batches(inputs, "test")
+    val, test = _eval_batches(inputs, "val", featurise), _eval_batches(inputs, "test", featurise)
     best, since_best, best_test = -np.inf, 0, {}
     for epoch in range(1, int(cfg["max_epochs"]) + 1):
         started = time.perf_counter()
         lr = float(members[0].optimizer.param_groups[0]["lr"])  # as the stepping optimiser (or wrapper) reads it
-        train_loss = _train_members_one_epoch(members, epoch, loss_fn, grad_clip, strategy)
-        val_proba, val_y, val_loss = predict_torch(model, val, strategy)
+        train_loss = _train_members_one_epoch(members, epoch, loss_fn, grad_clip, strategy, precision)
+        val_proba, val_y, val_loss = predict_torch(model, val, strategy, precision=precision)
         val_metrics = classification_metrics(val_y, val_proba)
         score = val_metrics[inputs.metric]
         files = None
         if score > best:
             best, since_best = score, 0
-            test_proba, test_y, test_loss = predict_torch(model, test, strategy)
+            test_proba, test_y, test_loss = predict_torch(model, test, strategy, precision=precision)
             best_test = {**_prefixed("test", classification_metrics(test_y, test_proba)), "test_loss": test_loss}
             files = _best_files(inputs, model, test_y, test_proba)
         else:

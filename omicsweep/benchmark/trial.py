@@ -94,19 +94,20 @@ def execute_trial(context: TrialContext, sampled: dict[str, Any], report: Callab
     from omicsweep.benchmark.strategies import Strategy
     from omicsweep.benchmark.training import FITTERS, FitInputs, seed_everything
     from omicsweep.datasets.loader import fit_transform_on_train
-    from omicsweep.datasets.store import open_store
+    from omicsweep.datasets.open import open_store
     from omicsweep.models import Task, get_model
 
     torch.set_num_threads(max(1, int(context.threads)))
     seed_everything(context.seed)
     config = trial_config(context, sampled)
-    # k-fold stores: config `fold` picks the test fold; pair-task stores: config `bins`/`sigma` shape the images
-    store = open_store(context.store_path, fold=config.get("fold"), config=config)
+    # k-fold stores: config `fold` picks the test fold; the model's featuriser picks the rows it reads (CNNC: a
+    # pair store's images at config `bins`/`sigma`)
+    entry = get_model(context.model)
+    store = entry.featurised_store(open_store(context.store_path, fold=config.get("fold")), config)
     if store.fingerprint != context.fingerprint:
         raise InputError(
             f"{context.store_path}: fingerprint {store.fingerprint} differs from the sweep's {context.fingerprint}"
         )
-    entry = get_model(context.model)
     inputs = FitInputs(
         store=store,
         transform=fit_transform_on_train(store, scaling=config.get("scaling", "minmax")),

@@ -11,11 +11,12 @@ from omicsweep.datasets.loader import (
     load_split,
     training_batches,
 )
+from omicsweep.datasets.open import open_store
 from omicsweep.datasets.preprocess import RECIPES
 from omicsweep.datasets.registered import register_dataset, registered_datasets
 from omicsweep.datasets.resample import RESAMPLES
 from omicsweep.datasets.resolve import available_datasets, resolve_dataset
-from omicsweep.datasets.store import Store, open_store
+from omicsweep.datasets.store import Store
 
 __all__ = [
     "RECIPES",

@@ -29,7 +29,8 @@ from typing import Any, Iterator
 import numpy as np
 import scipy.sparse as sp
 
-from omicsweep.datasets.store import META_KEY, ROWS_PER_CHUNK, SPLITS, StoreWriter, open_store
+from omicsweep.datasets.open import open_store
+from omicsweep.datasets.store import META_KEY, ROWS_PER_CHUNK, SPLITS, StoreWriter
 from omicsweep.errors import ConfigError, InputError
 from omicsweep.tasks import CELL_CLASSIFICATION
 

@@ -173,7 +173,8 @@ class CellBatches(IterableDataset):
     Shuffling is by block: each epoch permutes the order of row chunks (seeded by seed and epoch), reads
     `buffer_chunks` chunks into a buffer, and permutes rows inside it. A background thread decodes the next buffer
     while the current one is consumed. With output="csr" the batches are (scipy CSR, int64 labels) before any
-    transform, for consumers that densify elsewhere.
+    transform, for consumers that densify elsewhere. With `featurise` (a model's featuriser, see
+    omicsweep.models.featurise) they are (featurise(csr, store genes, transform): dict of tensors, y).
 
     Data-parallel ranks (rank, world_size): the epoch is one sequence of rows, the chunks in their seeded order
     (the same on every rank), and rank r takes its contiguous `rank_slice` of it: whole chunks in the middle, part
@@ -207,6 +208,7 @@ class CellBatches(IterableDataset):
         output: str = "dense",
         resample: str = "none",
         resample_target: int | None = None,
+        featurise=None,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}")
@@ -215,7 +217,7 @@ class CellBatches(IterableDataset):
                              "(smote needs the split in memory: omicsweep.datasets.resample.smote_resample)")
         if resample != "none" and split != "train":
             raise ValueError(f"only the training split is resampled; {split} is scored as it is")
-        if output not in ("dense", "csr") or (output == "dense" and transform is None):
+        if output not in ("dense", "csr") or (output == "dense" and transform is None and featurise is None):
             raise ValueError("output must be 'dense' (with a transform) or 'csr'")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
@@ -230,6 +232,8 @@ class CellBatches(IterableDataset):
         self.rank, self.world_size = int(rank), int(world_size)
         self.prefetch = prefetch
         self.output = output
+        self.featurise = featurise
+        self._genes = store.genes() if featurise is not None else None
         self.epoch = 0
         self.resample, self.resample_target = resample, resample_target
         self._local_rows = _split_rows_by_chunk(store, split)
@@ -320,6 +324,8 @@ class CellBatches(IterableDataset):
     def _emit(self, matrix: sp.csr_matrix, labels: np.ndarray):
         if self.output == "csr":
             return matrix, labels.astype(np.int64)
+        if self.featurise is not None:
+            return self.featurise(matrix, self._genes, self.transform), torch.from_numpy(labels.astype(np.int64))
         dense = self.transform(matrix.toarray().astype(np.float32, copy=False))
         return torch.from_numpy(dense), torch.from_numpy(labels.astype(np.int64))
 
@@ -395,7 +401,7 @@ class ArrayBatches:
 
 def training_batches(
     store: Store, transform: ExpressionTransform, config: dict, *, batch_size: int, seed: int, min_batch: int = 1,
-    rank: int = 0, world_size: int = 1,
+    rank: int = 0, world_size: int = 1, featurise=None,
 ) -> CellBatches | ArrayBatches:
     """The training split's shuffled batches as config `resample` asks (see `omicsweep.datasets.resample`).
 
@@ -404,8 +410,13 @@ def training_batches(
     cell of a class to find its neighbours, so use it on splits that fit in memory.
     rank / world_size: this data-parallel worker's disjoint shard, as many batches as every other rank's
     (streamed: its slice of the epoch's rows; smote: every world_size-th resampled row, drawn alike on every rank).
+    featurise: the model's featuriser (streamed batches are its dicts); smote interpolates dense vectors, so it
+    takes only a dense featuriser (its batches are the transformed rows).
     """
     method = resample_option(config)
+    if method == "smote" and featurise is not None and not getattr(featurise, "dense", False):
+        raise ConfigError("config resample=smote interpolates dense expression vectors; this model's featuriser "
+                          "makes other inputs, so use resample none, over or under")
     if method == "smote":
         x, y = smote_resample(*load_split(store, "train", transform), seed=seed)
         return ArrayBatches(x, y, batch_size=batch_size, seed=seed, min_batch=min_batch, rank=rank,
@@ -413,6 +424,7 @@ def training_batches(
     return CellBatches(
         store, "train", batch_size=batch_size, transform=transform, shuffle=True, seed=seed, min_batch=min_batch,
         resample=method, resample_target=resample_target(config), rank=rank, world_size=world_size,
+        featurise=featurise,
     )
 
 

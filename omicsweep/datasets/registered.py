@@ -45,7 +45,7 @@ def register_dataset(name: str, store: Path | str, *, overwrite: bool = False) -
     """Record `name` -> the store's absolute path (or its URL), after checking the store opens. Returns it."""
     from omicsweep.datasets.builtin import BUILTIN
     from omicsweep.datasets.remote import canonical_location, is_url
-    from omicsweep.datasets.store import open_store
+    from omicsweep.datasets.open import open_store
 
     if not NAME_PATTERN.match(name):
         raise ConfigError(f"dataset name {name!r}: use letters, digits, '.', '_' or '-' (no paths), up to 100 characters")

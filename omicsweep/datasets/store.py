@@ -26,6 +26,7 @@ import scipy.sparse as sp
 
 from omicsweep.atomic import replace_folder
 from omicsweep.datasets.splits import fold_to_split
+from omicsweep.datasets.store_base import StoreMetadata
 from omicsweep.errors import ConfigError, InputError
 from omicsweep.tasks import CELL_CLASSIFICATION
 
@@ -208,40 +209,6 @@ def write_store(
         )
 
 
-class StoreMetadata:
-    """What every kind of store does the same way: fingerprint and classes from its `meta` dict, row chunks,
-    fold checks.
-
-    A subclass sets `meta`, `path`, `n_cells`, `rows_per_chunk`, `n_folds` and `NO_FOLDS_HINT` (what to tell a
-    user who asks a store without folds for one).
-    """
-
-    NO_FOLDS_HINT = "ingest it with --folds K"
-
-    @property
-    def fingerprint(self) -> str:
-        return str(self.meta["fingerprint"])
-
-    @property
-    def classes(self) -> list[str]:
-        return [str(c) for c in self.meta["classes"]]
-
-    @property
-    def n_chunks(self) -> int:  # rows are read in chunks of `rows_per_chunk` (the loader's unit of shuffling)
-        return -(-self.n_cells // self.rows_per_chunk)
-
-    def chunk_bounds(self, chunk: int) -> tuple[int, int]:
-        start = chunk * self.rows_per_chunk
-        return start, min(self.n_cells, start + self.rows_per_chunk)
-
-    def _check_fold(self, fold) -> int:
-        if not self.n_folds:
-            raise ConfigError(f"config fold={fold!r}: {self.path} has no folds; {self.NO_FOLDS_HINT}")
-        if isinstance(fold, bool) or not isinstance(fold, (int, np.integer)) or not 0 <= fold < self.n_folds:
-            raise ConfigError(f"config fold={fold!r}: expected an integer 0..{self.n_folds - 1} for {self.path}")
-        return int(fold)
-
-
 @dataclass
 class Store(StoreMetadata):
     """Read side of a store: shape, genes, classes, splits, provenance, and row-chunk reads of X.
@@ -385,16 +352,3 @@ class Store(StoreMetadata):
             "provenance": self.provenance,
         }
 
-
-def open_store(location, *, fold: int | None = None, config: dict[str, Any] | None = None,
-               storage_options: dict[str, Any] | None = None):
-    """The store at `location`, whatever its task: a cell `Store`, or a gene-pair `PairTaskStore` whose images
-    follow the trial config's `bins` and `sigma`. Both offer what the trial, the fitters and the loader use."""
-    from omicsweep.atomic import recover_folder
-    from omicsweep.datasets.pair_store import PairTaskStore, image_options, is_pair_store
-
-    if isinstance(location, (str, Path)) and "://" not in str(location) and not Path(location).exists():
-        recover_folder(location)  # a writer killed between its two renames left the complete old store aside
-    if is_pair_store(location):
-        return PairTaskStore(location, fold=fold, **image_options(config or {}))
-    return Store(location, fold=fold, storage_options=storage_options)

@@ -19,7 +19,7 @@ from omicsweep.models.base import (
 __all__ = ["CELL_CLASSIFICATION", "GENE_PAIR_IMAGE", "ModelEntry", "Task", "available_models", "get_model",
            "load_all", "models_for_task", "register"]
 
-_NOT_MODELS = {"base", "ensemble", "estimator_state"}
+_NOT_MODELS = {"base", "ensemble", "estimator_state", "featurise"}
 
 
 def load_all() -> None:

@@ -17,6 +17,7 @@ from torch import nn
 
 from omicsweep.errors import ConfigError
 from omicsweep.models.base import ModelEntry, Task, register
+from omicsweep.models.featurise import DENSE_KEY, as_inputs
 
 INITS = ("random", "autoencoder")
 MAX_LAYERS = 3
@@ -56,7 +57,8 @@ class AutoencoderInitClassifier(nn.Module):
         was_training = self.training
         self.eval()
         total, count = 0.0, 0
-        for x, _ in batches:
+        for batch, _ in batches:
+            x = as_inputs(batch)[DENSE_KEY]  # the default featuriser's dense vector
             total += float(nn.functional.mse_loss(self.reconstruct(x), x, reduction="sum"))
             count += x.numel()
         self.train(was_training)
@@ -74,7 +76,8 @@ class AutoencoderInitClassifier(nn.Module):
             if hasattr(train_batches, "set_epoch"):
                 train_batches.set_epoch(PRETRAIN_EPOCHS_FROM + epoch)  # shuffles apart from the classifier's epochs
             loss_sum, seen = 0.0, 0
-            for x, _ in train_batches:
+            for batch, _ in train_batches:
+                x = as_inputs(batch)[DENSE_KEY]
                 optimizer.zero_grad(set_to_none=True)
                 loss = nn.functional.mse_loss(self.reconstruct(x), x)
                 loss.backward()

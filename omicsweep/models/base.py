@@ -34,9 +34,13 @@ class Task:
 class ModelEntry:
     """A registered model.
 
-    family 'torch': build returns an nn.Module mapping [batch, features] to class logits; the shared training
-    loop owns optimisation. family 'estimator': build returns a scikit-learn-style object with fit(X, y) and
-    predict_proba(X).
+    family 'torch': build returns an nn.Module whose forward takes the featuriser's dict of tensors as keyword
+    arguments (the default featuriser: `x`, [batch, features] float32) and returns class logits; the shared
+    training loop owns optimisation. A module may offer `param_groups(config)` (torch optimiser parameter groups,
+    e.g. a backbone and a head at different learning rates). family 'estimator': build returns a
+    scikit-learn-style object with fit(X, y) and predict_proba(X) on the default featuriser's dense rows.
+
+    `build` does no file I/O: priors (a gene graph, a pretrained checkpoint) are checked and pinned by `prepare`.
     """
 
     name: str
@@ -49,6 +53,21 @@ class ModelEntry:
     # files the config names against the dataset (e.g. a gene graph) and pins them (path, content hash) into
     # the configuration, so the run record holds them; notes are lines for the user (e.g. graph coverage)
     prepare: Callable[[dict[str, Any], Task], tuple[dict[str, Any], list[str]]] | None = None
+    # what the model eats (models/featurise.py): a Featuriser or a function (batch_csr, genes, transform) -> dict
+    # of tensors; None is the dense scaled vector under key "x"
+    featuriser: Any = None
+
+    @property
+    def featurise(self):
+        """This entry's featuriser as a `Featuriser` (view, fit, __call__)."""
+        from omicsweep.models.featurise import as_featuriser
+
+        return as_featuriser(self.featuriser)
+
+    def featurised_store(self, store, config: dict[str, Any]):
+        """The rows this model's trials read from `store` (its featuriser's view for `config`), e.g. CNNC's
+        images at the trial's bins; the store itself for the default featuriser."""
+        return self.featurise.view(store, config)
 
     def prepared(self, config: dict[str, Any], task: Task) -> tuple[dict[str, Any], list[str]]:
         """(config additions, notes) from `prepare`, or nothing to add for a model without one."""

@@ -2,8 +2,11 @@
 
 [Conv3x3 same -> ReLU -> Conv3x3 valid -> ReLU -> MaxPool 2 -> Dropout 0.25] x n_blocks (filters width, 2 width,
 4 width: 32/64/128 by default) -> Flatten -> Dense 512 -> ReLU -> Dropout 0.5 -> classes. Binary tasks use two
-logits with softmax cross-entropy, equivalent to CNNC's single sigmoid output. The loader delivers flat rows; the
-task's input_shape (channels, bins, bins) says how to fold them back into images.
+logits with softmax cross-entropy, equivalent to CNNC's single sigmoid output.
+
+Its featuriser (`PairImageFeaturiser`) makes the images: it reads a gene-pair task store as its pairs' CNNC
+images at the trial's `bins` and `sigma` (`datasets.pair_images.PairImages`) and folds each batch's flat, scaled
+rows into [batch, 1, bins, bins] under key "x".
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from torch import nn
 
 from omicsweep.errors import ConfigError
 from omicsweep.models.base import ModelEntry, Task, register
+from omicsweep.models.featurise import DENSE_KEY, Featuriser
 from omicsweep.tasks import GENE_PAIR_IMAGE
 
 
@@ -49,7 +53,28 @@ class CNNC(nn.Module):
                                   nn.Linear(int(dense), n_classes))
 
     def forward(self, x):
-        return self.head(self.features(x.unflatten(1, self.shape)))  # [b, c*h*w] -> [b, c, h, w]
+        if x.dim() == 2:  # flat rows (SMOTE's in-memory batches, a caller without the featuriser)
+            x = x.unflatten(1, self.shape)  # [b, c*h*w] -> [b, c, h, w]
+        return self.head(self.features(x))
+
+
+class PairImageFeaturiser(Featuriser):
+    """Gene pairs -> CNNC images: the store's view at config `bins`/`sigma`, each batch as [b, 1, bins, bins]."""
+
+    dense = True  # its one input is the transformed dense rows, folded: SMOTE may interpolate them
+
+    def view(self, store, config):
+        from omicsweep.datasets.pair_images import image_options
+
+        imaged = getattr(store, "imaged", None)
+        if not callable(imaged):
+            raise ConfigError(f"cnnc: needs a {GENE_PAIR_IMAGE} task store (omicsweep ingest-pairs), not {store.path}")
+        return imaged(**image_options(config))
+
+    def __call__(self, batch, genes, transform):
+        flat = super().__call__(batch, genes, transform)[DENSE_KEY]
+        side = int(round(flat.shape[1] ** 0.5))
+        return {DENSE_KEY: flat.reshape(len(flat), 1, side, side)}
 
 
 def build(config: dict[str, Any], task: Task) -> nn.Module:
@@ -69,5 +94,6 @@ register(
         build=build,
         description="CNNC gene-pair image CNN (study 001): conv blocks 32/64/128, dense 512; depth and width searchable",
         tasks=(GENE_PAIR_IMAGE,),
+        featuriser=PairImageFeaturiser(),
     )
 )

@@ -22,8 +22,13 @@ class EnsembleClassifier(nn.Module):
         super().__init__()
         self.members = nn.ModuleList(members)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        proba = torch.stack([torch.softmax(member(x), dim=1) for member in self.members]).mean(dim=0)
+    def forward(self, x: torch.Tensor | None = None, **inputs: torch.Tensor) -> torch.Tensor:
+        """The members' averaged probabilities (as log) for featurised inputs (keyword arguments; `x` positional
+        for the default featuriser)."""
+        from omicsweep.models.featurise import run_model
+
+        inputs = inputs if x is None else {"x": x, **inputs}
+        proba = torch.stack([torch.softmax(run_model(member, inputs), dim=1) for member in self.members]).mean(dim=0)
         return torch.log(proba.clamp_min(torch.finfo(proba.dtype).tiny))
 
 

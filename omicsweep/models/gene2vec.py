@@ -93,7 +93,7 @@ def train_gene2vec(corpus_store, out_txt, *, dim: int = 200, threshold: float = 
     """
     from gensim.models import Word2Vec
 
-    from omicsweep.datasets.store import open_store
+    from omicsweep.datasets.open import open_store
 
     if not -1 <= threshold < 1:
         raise ConfigError(f"threshold={threshold!r}: a correlation threshold must be in [-1, 1)")

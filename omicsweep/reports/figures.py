@@ -73,7 +73,7 @@ def test_predictions(tracking_uri: str, run, folder: Path) -> Predictions:
 
 
 def _store(run):
-    from omicsweep.datasets.store import open_store
+    from omicsweep.datasets.open import open_store
 
     path = run.data.tags.get(STORE_TAG)
     if not path or not Path(path).exists():
