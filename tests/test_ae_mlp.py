@@ -92,7 +92,7 @@ class _CountingModule(torch.nn.Module):
 def test_fit_torch_calls_pretrain_once_per_member_before_training(members, pbmc_store):
     from omicsweep.benchmark.training import FitInputs, fit_torch
     from omicsweep.datasets import Store
-    from omicsweep.datasets.loader import fit_transform_on_train
+    from omicsweep.datasets.transform import fit_transform_on_train
     from omicsweep.models import ModelEntry
 
     store = Store(pbmc_store)

@@ -17,7 +17,8 @@ import torch
 import yaml
 
 from omicsweep.datasets import Store
-from omicsweep.datasets.loader import CellBatches, fit_transform_on_train
+from omicsweep.datasets.loader import CellBatches
+from omicsweep.datasets.transform import fit_transform_on_train
 
 from conftest import assert_one_line_error
 

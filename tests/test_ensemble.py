@@ -21,7 +21,7 @@ def one_thread():
 
 def _inputs(store_path, **config):
     from omicsweep.benchmark.training import FitInputs
-    from omicsweep.datasets.loader import fit_transform_on_train
+    from omicsweep.datasets.transform import fit_transform_on_train
 
     store = Store(store_path)
     space = load_space(get_model("mlp").space_file)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from omicsweep.datasets.loader import ExpressionTransform
+from omicsweep.datasets.transform import ExpressionTransform
 from omicsweep.errors import InputError
 from omicsweep.tasks import CELL_CLASSIFICATION, GENE_PAIR_IMAGE
 

@@ -22,14 +22,13 @@ from omicsweep.benchmark.searchers import DEFAULT_SCHEDULER, DEFAULT_SEARCHER, S
 from omicsweep.benchmark.space import SearchSpace
 from omicsweep.datasets.remote import canonical_location
 from omicsweep.benchmark.distributed import check_ray_version
-from omicsweep.benchmark.sweep_tracking import NullProgress, Recorder, TrackingCallback, config_json, logged_metrics
+from omicsweep.benchmark.sweep_tracking import NullProgress, Recorder, TrackingCallback
 from omicsweep.benchmark.trial import TrialContext, training_setup
 from omicsweep.benchmark.tune_trial import run_trial
 from omicsweep.environment import git_commit, package_versions
 from omicsweep.errors import SweepInterrupted
 from omicsweep.schema import (
-    CLASSES_FILE, CODE_TAG, CONFIG_TAG, EPOCHS_RUN, FINGERPRINT_TAG, GENES_FILE, METRIC_TAG,
-    PACKAGES_TAG, PREDICTIONS_FILE, RERUN_OF_TAG, RERUN_PREDICTIONS, RERUN_ROLE, SCHEDULER_TAG, SEARCH_METRIC,
+    CLASSES_FILE, CODE_TAG, FINGERPRINT_TAG, GENES_FILE, METRIC_TAG, PACKAGES_TAG, SCHEDULER_TAG, SEARCH_METRIC,
     SEARCHER_TAG, SEED_TAG, STORE_TAG, THREADS_TAG, TRAINING_SETUP_TAG, VAL_PREFIX,
 )
 
@@ -268,19 +267,36 @@ def _open_sweep(request: SweepRequest, recorder: Recorder, context: TrialContext
     return None, parent
 
 
-def run_sweep(request: SweepRequest, recorder: Recorder, *, progress=None) -> SweepOutcome:
-    """Run one (dataset, model) sweep in the current Ray session; returns its trial counts and timing."""
-    from ray import tune
-
+def _quiet_logs() -> None:
     import optuna
-
-    from omicsweep.benchmark.resume import sweep_key, update_state
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # a failed trial's traceback is Tune's ERROR log line; its last line is recorded in MLflow and printed by
     # the leaderboard, so the console is not flooded when many trials fail (--max-failures, --inject-faults)
     logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
     _hide_tune_restore_hint()
+
+
+def _summary(tracker: TrackingCallback, wall: float, rerun_wall: float | None, history, recorder) -> dict[str, float]:
+    """The parent run's closing metrics; a resumed sweep's wall time spans the interrupted part too (up to its
+    last tracked trial)."""
+    summary = {"wall_time_s": wall, "trials_finished": tracker.finished, "trials_failed": tracker.failed}
+    if rerun_wall is not None:
+        summary["rerun_wall_s"] = rerun_wall
+    if history is not None:
+        summary["restored_trials"] = len(history.done())
+        summary["wall_time_s"] = wall + float(getattr(recorder, "wall_before_resume_s", 0.0))
+    return summary
+
+
+def run_sweep(request: SweepRequest, recorder: Recorder, *, progress=None) -> SweepOutcome:
+    """Run one (dataset, model) sweep in the current Ray session; returns its trial counts and timing."""
+    from ray import tune
+
+    from omicsweep.benchmark.resume import sweep_key, update_state
+    from omicsweep.benchmark.sweep_reruns import record_seed_reruns
+
+    _quiet_logs()
     progress = progress or NullProgress()
     defaults = dict(request.space.defaults)
     if request.max_epochs is not None:
@@ -322,67 +338,17 @@ def run_sweep(request: SweepRequest, recorder: Recorder, *, progress=None) -> Sw
             )
         status = "FINISHED"
         wall = time.time() - started
-        rerun_wall = record_seed_reruns(request, recorder, tracker, done=history.reruns_done() if history else set())
+        rerun_wall = record_seed_reruns(recorder, tracker, sweep_seed=request.seed, n=request.seeds,
+                                        done=history.reruns_done() if history else set())
     finally:
         dataset_files.cleanup()
         wall = time.time() - started if wall is None else wall
-        summary = {"wall_time_s": wall, "trials_finished": tracker.finished, "trials_failed": tracker.failed}
-        if rerun_wall is not None:
-            summary["rerun_wall_s"] = rerun_wall
-        if history is not None:  # the wall time spans the interrupted part too (up to its last tracked trial)
-            summary["restored_trials"] = len(history.done())
-            summary["wall_time_s"] = wall + float(getattr(recorder, "wall_before_resume_s", 0.0))
-        recorder.end_sweep(status=status, summary=summary)
+        recorder.end_sweep(status=status, summary=_summary(tracker, wall, rerun_wall, history, recorder))
         update_state(request.run_folder, key, status=status.lower())
     return SweepOutcome(
         model=request.model, dataset=request.dataset, trials_finished=tracker.finished,
         trials_failed=tracker.failed, wall_time_s=wall, overheads_s=tracker.overheads,
     )
-
-
-def best_trial(tracker: TrackingCallback) -> str | None:
-    """The completed trial with the highest best validation value (selection never looks at test)."""
-    scored = [(float(tracker.last[t][SEARCH_METRIC]), t) for t in tracker.completed
-              if SEARCH_METRIC in tracker.last.get(t, {})]
-    return max(scored)[1] if scored else None
-
-
-def record_seed_reruns(
-    request: SweepRequest, recorder: Recorder, tracker: TrackingCallback, *, done: set[int] = frozenset()
-) -> float | None:
-    """Re-run the best configuration with `request.seeds` fresh seeds, each a child run of role 'seed-rerun'
-    trained the way its trial was and tagged with the setup it actually had (seeds in `done` were recorded
-    before a resumed sweep's driver died)."""
-    from omicsweep.benchmark.reruns import rerun_seeds, run_seed_reruns
-
-    best = best_trial(tracker)
-    if request.seeds <= 0 or best is None:
-        return None
-    started = time.time()
-    config = tracker.configs[best]
-    seeds = [seed for seed in rerun_seeds(request.seed, request.seeds) if seed not in done]
-    if not seeds:
-        return None
-    for outcome in run_seed_reruns(tracker.context, config, seeds):
-        seed, results = outcome.seed, outcome.results
-        run_key = f"{best}-seed{seed}"
-        full = {**config, "seed": seed}
-        recorder.start_trial(
-            run_key, params=full, role=RERUN_ROLE,
-            tags={SEED_TAG: str(seed), CONFIG_TAG: config_json(full), RERUN_OF_TAG: best,
-                  TRAINING_SETUP_TAG: outcome.setup},
-        )
-        for result in results or []:
-            recorder.log_result(run_key, logged_metrics(result), step=int(result.get("epoch", 0)))
-        if results:
-            epochs = int(results[-1].get("epoch", len(results)))
-            recorder.log_result(run_key, {EPOCHS_RUN: epochs}, step=epochs)
-        if outcome.predictions is not None:  # the leaderboard pairs the re-runs' test cells across models
-            with tempfile.TemporaryDirectory(prefix="omicsweep-rerun-") as folder:
-                (Path(folder) / PREDICTIONS_FILE).write_bytes(outcome.predictions)
-                recorder.log_artifacts(run_key, folder, artifact_path=RERUN_PREDICTIONS)
-        recorder.end_trial(run_key, status="FAILED" if outcome.error else "FINISHED", error=outcome.error)
-    return time.time() - started
 
 
 def _json(value: Any) -> str:

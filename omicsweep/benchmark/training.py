@@ -31,7 +31,8 @@ from omicsweep.benchmark.training_options import (  # noqa: F401 - re-exported: 
     make_scheduler,
     model_parameters,
 )
-from omicsweep.datasets.loader import CellBatches, ExpressionTransform, load_split, training_batches
+from omicsweep.datasets.loader import CellBatches, load_split, training_batches
+from omicsweep.datasets.transform import ExpressionTransform
 from omicsweep.datasets.resample import apply_class_weight, resample_arrays
 from omicsweep.datasets.store import Store
 from omicsweep.errors import ConfigError

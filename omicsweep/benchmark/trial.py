@@ -93,7 +93,7 @@ def execute_trial(context: TrialContext, sampled: dict[str, Any], report: Callab
 
     from omicsweep.benchmark.strategies import Strategy
     from omicsweep.benchmark.training import FITTERS, FitInputs, seed_everything
-    from omicsweep.datasets.loader import fit_transform_on_train
+    from omicsweep.datasets.transform import fit_transform_on_train
     from omicsweep.datasets.open import open_store
     from omicsweep.models import Task, get_model
 
