@@ -141,3 +141,17 @@ def assert_one_line_error(code, stdout, stderr, *needles):
     assert "Traceback" not in stderr + stdout
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
+
+
+def load_registered(run_folder, name: str, version: int = 1):
+    """The pyfunc model `omicsweep export` registered in a run folder's MLflow store (the global URI restored)."""
+    import mlflow
+
+    from omicsweep.reports.tracking import default_tracking_uri
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(default_tracking_uri(run_folder))
+    try:
+        return mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    finally:
+        mlflow.set_tracking_uri(previous)

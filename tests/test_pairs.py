@@ -12,7 +12,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import CNNC_DENDRITIC, SHARED_DATA, assert_one_line_error
+from conftest import CNNC_DENDRITIC, SHARED_DATA, assert_one_line_error, load_registered
 from omicsweep.datasets import open_store
 from omicsweep.datasets.pair_images import reference_image
 from omicsweep.errors import InputError
@@ -243,11 +243,9 @@ def _logged_test_predictions(out, run_id, folder):
 @pytest.mark.filterwarnings("ignore::UserWarning")  # MLflow's advice to add type hints to predict
 @pytest.mark.shared_data
 def test_predict_export_and_report_work_on_a_cnnc_run(cnnc_trained, cli, pair_store, tmp_path):
-    import mlflow
     import pandas as pd
     import polars as pl
 
-    from omicsweep.reports.tracking import default_tracking_uri
 
     out, run = cnnc_trained
     table = tmp_path / "pairs.csv"
@@ -268,12 +266,7 @@ def test_predict_export_and_report_work_on_a_cnnc_run(cnnc_trained, cli, pair_st
 
     code, stdout, stderr = cli("export", "--run", run, "--name", "dendritic-cnnc", "--runs", out)
     assert code == 0, stdout + stderr
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(default_tracking_uri(out))
-    try:
-        model = mlflow.pyfunc.load_model("models:/dendritic-cnnc/1")
-    finally:
-        mlflow.set_tracking_uri(previous)
+    model = load_registered(out, "dendritic-cnnc")
     assert model.metadata.signature.inputs.input_names()[:3] == ["r0c0", "r0c1", "r0c2"]
     frame = pd.DataFrame(store.images()[test[:25]], columns=list(store.genes()))
     served = model.predict(frame)

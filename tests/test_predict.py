@@ -9,7 +9,7 @@ import scipy.sparse as sp
 
 from omicsweep.benchmark.predict import align_genes, normalize
 
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, load_registered
 
 ZHENG = SHARED_DATA / "zheng2017_sorted_pbmc_subsample" / "zheng2017_sorted_pbmc_2140.h5ad"
 
@@ -74,21 +74,14 @@ def test_predict_with_an_estimator_on_its_own_training_cells(swept, cli, pbmc_h5
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::UserWarning")  # MLflow's advice to add type hints to predict
 def test_export_registers_a_pyfunc_with_a_signature(swept, cli, pbmc_adata):
-    import mlflow
     import pandas as pd
 
-    from omicsweep.reports.tracking import default_tracking_uri
 
     out, _ = swept
     code, stdout, stderr = cli("export", "--run", _best(out, "mlp"), "--name", "pbmc-mlp", "--runs", out)
     assert code == 0, stdout + stderr
     assert "registered pbmc-mlp version 1" in stdout
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(default_tracking_uri(out))
-    try:
-        model = mlflow.pyfunc.load_model("models:/pbmc-mlp/1")
-    finally:
-        mlflow.set_tracking_uri(previous)
+    model = load_registered(out, "pbmc-mlp")
     assert model.metadata.signature.inputs.input_names()[:2] == list(pbmc_adata.raw.var_names[:2])
     frame = pd.DataFrame(pbmc_adata.raw.X[:20].toarray(), columns=list(pbmc_adata.raw.var_names))
     result = model.predict(frame)
@@ -153,20 +146,13 @@ def test_predict_labels_cells_with_knn_and_random_forest_into_h5ad_and_csv(basel
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::UserWarning")  # MLflow's advice to add type hints to predict
 def test_export_serves_a_random_forest_and_report_draws_the_baselines(baselines_swept, cli, pbmc_adata, tmp_path):
-    import mlflow
     import pandas as pd
 
-    from omicsweep.reports.tracking import default_tracking_uri
 
     out = baselines_swept
     code, stdout, stderr = cli("export", "--run", _best(out, "random_forest"), "--name", "pbmc-forest", "--runs", out)
     assert code == 0, stdout + stderr
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(default_tracking_uri(out))
-    try:
-        model = mlflow.pyfunc.load_model("models:/pbmc-forest/1")
-    finally:
-        mlflow.set_tracking_uri(previous)
+    model = load_registered(out, "pbmc-forest")
     frame = pd.DataFrame(pbmc_adata.raw.X[:40].toarray(), columns=list(pbmc_adata.raw.var_names))
     result = model.predict(frame)
     assert (result["predicted_label"] == pbmc_adata.obs["bulk_labels"][:40].astype(str).to_numpy()).mean() > 0.7
