@@ -223,7 +223,57 @@ def load_deepspeed_config(path: str) -> dict[str, Any]:
     steps = ds.get("gradient_accumulation_steps", 1)
     if not isinstance(steps, int) or steps < 1:
         raise ConfigError(f"--deepspeed {path}: gradient_accumulation_steps must be a positive integer")
+    _check_deepspeed_keys(ds, path)
     return ds
+
+
+# the top-level keys DeepSpeed 0.19 reads (runtime/config.py and its sub-configs; tests check each is a string of
+# the installed DeepSpeed's sources). DeepSpeed itself ignores an unknown top-level key: a typo would silently
+# train without the setting
+DEEPSPEED_TOP_LEVEL_KEYS = frozenset('''
+    train_batch_size train_micro_batch_size_per_gpu gradient_accumulation_steps optimizer scheduler
+    communication_data_type seq_parallel_communication_data_type prescale_gradients gradient_predivide_factor
+    sparse_gradients gradient_allreduce_op fp16 bf16 bfloat16 amp torch_autocast gradient_clipping
+    zero_optimization zero_allow_untested_optimizer zero_force_ds_cpu_optimizer steps_per_print
+    wall_clock_breakdown dump_state memory_breakdown flops_profiler activation_checkpointing sparse_attention
+    data_efficiency curriculum_learning data_types checkpoint aio tensorboard wandb csv_monitor comet comms_logger
+    elasticity autotuning compression_training pipeline progressive_layer_drop eigenvalue quantize_training
+    hybrid_engine compile dataloader_drop_last disable_allgather use_data_before_expert_parallelism timers nebula
+    weight_quantization graph_harvesting tensor_parallel expert_parallel mics_shard_size
+    mics_hierarchical_params_gather disable_python_gc legacy_fusion log_level managed_gradient_accumulation
+    vocabulary_size
+'''.split())
+
+
+def _deepspeed_schemas() -> dict[str, Any]:
+    """DeepSpeed's own pydantic models (extra keys forbidden) for the sections that have one."""
+    from deepspeed.runtime.precision_config import DeepSpeedBF16Config, DeepSpeedFP16Config
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+
+    return {"zero_optimization": DeepSpeedZeroConfig, "bf16": DeepSpeedBF16Config, "bfloat16": DeepSpeedBF16Config,
+            "fp16": DeepSpeedFP16Config}
+
+
+def _check_deepspeed_keys(ds: dict[str, Any], path: str) -> None:
+    """A ConfigError naming the file and the first unknown (or invalid) key of a DeepSpeed config."""
+    unknown = sorted(set(ds) - DEEPSPEED_TOP_LEVEL_KEYS)
+    if unknown:
+        raise ConfigError(f"--deepspeed {path}: unknown top-level key {unknown[0]!r} (DeepSpeed would ignore it; "
+                          "see https://www.deepspeed.ai/docs/config-json/)")
+    import pydantic
+
+    for section, schema in _deepspeed_schemas().items():
+        if section not in ds:
+            continue
+        if not isinstance(ds[section], dict):
+            raise ConfigError(f"--deepspeed {path}: {section} must be a JSON object")
+        try:
+            schema(**ds[section])
+        except pydantic.ValidationError as exc:
+            error = exc.errors()[0]
+            key = ".".join(str(part) for part in (section, *error["loc"]))
+            problem = "unknown key" if error["type"] == "extra_forbidden" else f"invalid value ({error['msg']})"
+            raise ConfigError(f"--deepspeed {path}: {key}: {problem} in DeepSpeed's schema") from None
 
 
 def make_strategy(
