@@ -262,7 +262,11 @@ def _check_deepspeed_keys(ds: dict[str, Any], path: str) -> None:
                           "see https://www.deepspeed.ai/docs/config-json/)")
     import pydantic
 
-    for section, schema in _deepspeed_schemas().items():
+    try:
+        schemas = _deepspeed_schemas()
+    except ImportError:
+        raise ConfigError(f"--deepspeed {path}: DeepSpeed is not installed; pip install -e '.[deepspeed]'") from None
+    for section, schema in schemas.items():
         if section not in ds:
             continue
         if not isinstance(ds[section], dict):
