@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from omicsweep.benchmark.sweep import SweepOutcome, SweepRequest
 from omicsweep.errors import ConfigError, InputError
+from omicsweep.schema import COMMAND_TAG, TRAIN_COMMAND
 
 DEFAULT_RUNS = Path("omicsweep-runs")
 
@@ -108,27 +109,31 @@ class Plan:
     resuming: bool = False
     overrides: str = ""  # train: the --set/--ensemble values over the defaults, as the user reads them
 
-    def run(self, recorder_factory: Callable[[], Any], progress_factory: Callable[[int, str], Any], *,
+    def run(self, recorder_factory: Callable[[], Any], progress_factory: Callable[[list[tuple[int, str]]], Any], *,
             say: Callable[[str], None] = lambda line: None) -> list[SweepOutcome]:
-        """Run every sweep in one Ray session (a running one as is, a cluster at --address, or a local one)."""
-        from omicsweep.benchmark.sweep import ray_session, run_sweep
+        """Run every sweep in one Ray session (a running one as is, a cluster at --address, or a local one), all
+        of them in one Tuner (benchmark/grid.py) so their trials share the slots. `progress_factory` gets one
+        (trials, label) per sweep and yields one progress display per sweep."""
+        from omicsweep.benchmark.grid import run_grid
+        from omicsweep.benchmark.sweep import ray_session
 
         self.options.runs.mkdir(parents=True, exist_ok=True)
         if not (self.resuming or self.options.fixed):
             self.options.save()
         for key in self.kept:
             say(f"{key}: finished before, kept as it is")
-        outcomes = []
+        if not self.requests:
+            return []
+        recorders = [recorder_factory() for _ in self.requests]
+        recorders = [TaggedRecorder(r, self.tags) if self.tags else r for r in recorders]
+        suffix = " (train)" if self.options.fixed else ""
+        labels = [(r.n_trials, f"{r.dataset}/{r.model}{suffix}") for r in self.requests]
         with ray_session(address=self.options.address, num_cpus=local_cpus(self.options)):
-            for request in self.requests:
-                recorder = recorder_factory()
-                recorder = TaggedRecorder(recorder, self.tags) if self.tags else recorder
-                label = f"{request.dataset}/{request.model}" + (" (train)" if self.options.fixed else "")
-                with progress_factory(request.n_trials, label) as progress:
-                    outcome = run_sweep(request, recorder, progress=progress)
-                outcomes.append(outcome)
-                if not self.options.fixed:
-                    say(outcome_line(outcome))
+            with progress_factory(labels) as progresses:
+                outcomes = run_grid(self.requests, recorders, progresses)
+        if not self.options.fixed:
+            for outcome in outcomes:
+                say(outcome_line(outcome))
         return outcomes
 
 
@@ -152,8 +157,27 @@ def local_cpus(options: SweepOptions) -> int:
     return cpus + 1 if distributed else cpus
 
 
+ALL_REGISTERED = "all-registered"  # --dataset: every store registered with `omicsweep datasets register`
+
+
+def dataset_names(value: str) -> list[str]:
+    """--dataset A,B,C as names in order, each once; `all-registered` stands for the registered stores."""
+    from omicsweep.datasets.registered import registered_datasets
+
+    names: list[str] = []
+    for item in (part.strip() for part in value.split(",")):
+        expanded = list(registered_datasets()) if item == ALL_REGISTERED else [item] if item else []
+        if item == ALL_REGISTERED and not expanded:
+            raise ConfigError(f"--dataset {ALL_REGISTERED}: no store is registered (omicsweep datasets register)")
+        names += [name for name in expanded if name not in names]
+    if not names:
+        raise ConfigError(f"--dataset {value!r}: expected a dataset name, a store path, or {ALL_REGISTERED}")
+    return names
+
+
 def build_plan(options: SweepOptions, *, resuming: bool = False) -> Plan:
-    """Validate `options` (nothing is written) and return the plan: one request per model that fits the store."""
+    """Validate `options` (nothing is written) and return the plan: one request per (dataset, model) pair whose
+    model fits the dataset's task, datasets in the order given."""
     from omicsweep.benchmark.faults import parse_faults
     from omicsweep.benchmark.resume import load_state, sweep_key
     from omicsweep.benchmark.searchers import check_scheduler, check_searcher, check_storage
@@ -162,31 +186,47 @@ def build_plan(options: SweepOptions, *, resuming: bool = False) -> Plan:
 
     parse_faults(options.inject_faults)
     searcher = check_searcher(options.searcher).name  # a sampler that cannot run here: exit 2 now
-    scheduler = check_scheduler(options.scheduler)
+    check_scheduler(options.scheduler)
     check_storage(options.optuna_storage)
     deepspeed = load_deepspeed_config(str(options.deepspeed)) if options.deepspeed else None
-    dataset_name, store_path = resolve_dataset(options.dataset, seed=options.seed)
-    store, metric, spaces, notes, changed = (_fixed_spaces if options.fixed else _sweep_spaces)(
-        options, store_path, searcher)
+    names = dataset_names(options.dataset)
+    if options.fixed and len(names) > 1:
+        raise ConfigError("train runs one --dataset; give one name (sweep runs several)")
     state = load_state(options.runs) if resuming else {}
-    plan = Plan(options=options, requests=[], notes=notes, resuming=resuming, overrides=changed,
-                tags={"omicsweep.command": "train"} if options.fixed else {})
-    for model, space in spaces.items():
-        previous = state.get(sweep_key(dataset_name, model), {})
-        if previous.get("status") == "finished":
-            plan.kept.append(sweep_key(dataset_name, model))
-            continue
-        plan.requests.append(SweepRequest(
-            dataset=dataset_name, store_path=store_path, fingerprint=store.fingerprint, model=model, space=space,
-            trials=1 if options.fixed else options.trials, concurrency=1 if options.fixed else options.concurrency,
-            seed=options.seed, metric=metric, run_folder=options.runs, cpus_per_trial=options.cpus_per_trial,
-            max_epochs=options.max_epochs, seeds=0 if options.fixed else options.reruns,
-            workers_per_trial=options.workers_per_trial, gpus_per_trial=options.gpus_per_trial, deepspeed=deepspeed,
-            storage=options.storage, max_failures=options.max_failures, faults=options.inject_faults,
-            resume_parent=previous.get("parent_run_id"), searcher=searcher, scheduler=scheduler,
-            optuna_storage=options.optuna_storage,
-        ))
+    plan = Plan(options=options, requests=[], resuming=resuming,
+                tags={COMMAND_TAG: TRAIN_COMMAND} if options.fixed else {})
+    for name in names:
+        dataset_name, store_path = resolve_dataset(name, seed=options.seed)
+        store, metric, spaces, notes, plan.overrides = (_fixed_spaces if options.fixed else _sweep_spaces)(
+            options, store_path, searcher, several=len(names) > 1)
+        plan.notes += [line for line in notes if line not in plan.notes]
+        for model, space in spaces.items():
+            key = sweep_key(dataset_name, model)
+            if key in {sweep_key(r.dataset, r.model) for r in plan.requests}:
+                raise ConfigError(f"--dataset {options.dataset}: two datasets are named {dataset_name}; register "
+                                  "one under another name (omicsweep datasets register)")
+            previous = state.get(key, {})
+            if previous.get("status") == "finished":
+                plan.kept.append(key)
+                continue
+            plan.requests.append(_request(options, dataset_name, store_path, store.fingerprint, model, space, metric,
+                                          previous.get("parent_run_id"), searcher, deepspeed))
     return plan
+
+
+def _request(options: SweepOptions, dataset: str, store_path, fingerprint: str, model: str, space, metric: str,
+             resume_parent: str | None, searcher: str, deepspeed) -> SweepRequest:
+    fixed = options.fixed
+    return SweepRequest(
+        dataset=dataset, store_path=store_path, fingerprint=fingerprint, model=model, space=space,
+        trials=1 if fixed else options.trials, concurrency=1 if fixed else options.concurrency,
+        seed=options.seed, metric=metric, run_folder=options.runs, cpus_per_trial=options.cpus_per_trial,
+        max_epochs=options.max_epochs, reruns=0 if fixed else options.reruns,
+        workers_per_trial=options.workers_per_trial, gpus_per_trial=options.gpus_per_trial, deepspeed=deepspeed,
+        storage=options.storage, max_failures=options.max_failures, faults=options.inject_faults,
+        resume_parent=resume_parent, searcher=searcher, scheduler=options.scheduler,
+        optuna_storage=options.optuna_storage,
+    )
 
 
 def _checked_metric(metric: str) -> str:
@@ -197,14 +237,22 @@ def _checked_metric(metric: str) -> str:
     return metric
 
 
-def _sweep_spaces(options: SweepOptions, store_path, searcher: str):
-    """The models that fit the store's task, each with its space, --ensemble and --set values fixed, prepared."""
+def _sweep_spaces(options: SweepOptions, store_path, searcher: str, *, several: bool = False):
+    """The models that fit the store's task, each with its space, --ensemble and --set values fixed, prepared. In a
+    grid of `several` datasets a named model that does not fit this store's task is left out of its pairs."""
     from omicsweep.benchmark.searchers import searcher_notes
     from omicsweep.benchmark.space import load_space, sweep_settings, with_fixed
     from omicsweep.datasets import open_store
     from omicsweep.models import models_for_task
 
     store = open_store(store_path)
+    if several:
+        fitting = {e.name for e in models_for_task("all", store.task_kind)}
+        named = [m.strip() for m in options.model.split(",") if m.strip()]
+        wanted = options.model if options.model.strip() == "all" else ",".join(m for m in named if m in fitting)
+        if not wanted:
+            raise ConfigError(f"--model {options.model}: none fits the task of {store_path} ({store.task_kind})")
+        options = dataclasses.replace(options, model=wanted)
     entries = models_for_task(options.model, store.task_kind, where=str(store_path))
     if options.space is not None and len(entries) != 1:
         raise ConfigError("--space applies to a single --model")
@@ -217,7 +265,7 @@ def _sweep_spaces(options: SweepOptions, store_path, searcher: str):
     return store, metric, spaces, notes + searcher_notes(searcher, spaces), ""
 
 
-def _fixed_spaces(options: SweepOptions, store_path, searcher: str):
+def _fixed_spaces(options: SweepOptions, store_path, searcher: str, *, several: bool = False):
     """`train`: one model, its defaults plus --set (every key known to it) and --ensemble, nothing to search."""
     from omicsweep.benchmark.space import fixed_space, load_space, parse_overrides, prepared_spaces, store_task
     from omicsweep.benchmark.training import check_config, config_keys
@@ -233,6 +281,7 @@ def _fixed_spaces(options: SweepOptions, store_path, searcher: str):
         overrides["ensemble"] = options.ensemble
     store = open_store(store_path)
     models_for_task(entry.name, store.task_kind, where=str(store_path))
+    store = entry.featurised_store(store, {**base.defaults, **overrides})  # what its trials read (CNNC: images)
     metric = _checked_metric(options.metric or store.default_metric)
     # files the config names (a gene graph) are checked against the store and pinned; models see its genes
     spaces, notes = prepared_spaces([entry], {entry.name: fixed_space(base, overrides)}, store)

@@ -1,5 +1,6 @@
-"""A sweep: Ray Tune's Tuner over one model's search space, an Optuna sampler proposing (TPE by default; see
-benchmark/searchers.py), ASHA stopping early (or none).
+"""One (dataset, model) sweep's parts: its request, its parent run, its trial context, its Optuna searcher (TPE by
+default; see benchmark/searchers.py) and its scheduler (ASHA, or none). benchmark/grid.py runs every sweep of a
+plan in one Tuner from these parts.
 
 The sweep never branches on model names: everything model-specific comes from the registry entry and its
 search-space file. Tracking goes through a recorder (see `Recorder`), so this module does not know MLflow.
@@ -11,8 +12,6 @@ import contextlib
 import json
 import logging
 import os
-import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -22,11 +21,9 @@ from omicsweep.benchmark.searchers import DEFAULT_SCHEDULER, DEFAULT_SEARCHER, S
 from omicsweep.benchmark.space import SearchSpace
 from omicsweep.datasets.remote import canonical_location
 from omicsweep.benchmark.distributed import check_ray_version
-from omicsweep.benchmark.sweep_tracking import NullProgress, Recorder, TrackingCallback
+from omicsweep.benchmark.sweep_tracking import Recorder
 from omicsweep.benchmark.trial import TrialContext, training_setup
-from omicsweep.benchmark.tune_trial import run_trial
 from omicsweep.environment import git_commit, package_versions
-from omicsweep.errors import SweepInterrupted
 from omicsweep.schema import (
     CLASSES_FILE, CODE_TAG, FINGERPRINT_TAG, GENES_FILE, METRIC_TAG, PACKAGES_TAG, SCHEDULER_TAG, SEARCH_METRIC,
     SEARCHER_TAG, SEED_TAG, STORE_TAG, THREADS_TAG, TRAINING_SETUP_TAG, VAL_PREFIX,
@@ -47,7 +44,7 @@ class SweepRequest:
     run_folder: Path
     cpus_per_trial: float = 1.0
     max_epochs: int | None = None  # overrides the space's default when set
-    seeds: int = 3  # seed re-runs of the best configuration after the sweep (0: none)
+    reruns: int = 3  # seed re-runs of the best configuration after the sweep (0: none)
     workers_per_trial: int = 1  # Ray Train workers per torch trial (data parallel)
     gpus_per_trial: float = 0.0  # per trial, or per worker with workers_per_trial > 1
     deepspeed: dict[str, Any] | None = None  # DeepSpeed settings: torch trials train through Ray Train with them
@@ -142,15 +139,11 @@ def sweep_storage(request: SweepRequest) -> str:
     return request.storage or str((Path(request.run_folder) / "ray").resolve())
 
 
-def _trainable(request: SweepRequest, context: TrialContext):
-    """run_trial with its Tune resources: a distributed trial asks for almost nothing, its Train workers ask."""
-    from ray import tune
-
+def trial_resources(request: SweepRequest, context: TrialContext) -> dict[str, float]:
+    """What one trial of the sweep asks Tune for: a distributed trial almost nothing, its Train workers ask."""
     if context.distributed:
-        resources: dict[str, float] = {"cpu": 0.01}  # Train V2 rejects 0; the workers reserve the real CPUs
-    else:
-        resources = {"cpu": request.cpus_per_trial, **({"gpu": request.gpus_per_trial} if request.gpus_per_trial else {})}
-    return tune.with_resources(tune.with_parameters(run_trial, context=context), resources)
+        return {"CPU": 0.01}  # Train V2 rejects 0; the workers reserve the real CPUs
+    return {"CPU": request.cpus_per_trial, **({"GPU": request.gpus_per_trial} if request.gpus_per_trial else {})}
 
 
 def searcher_settings(request: SweepRequest, *, n_restored: int = 0) -> dict[str, Any]:
@@ -267,7 +260,7 @@ def _open_sweep(request: SweepRequest, recorder: Recorder, context: TrialContext
     return None, parent
 
 
-def _quiet_logs() -> None:
+def quiet_logs() -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -277,7 +270,7 @@ def _quiet_logs() -> None:
     _hide_tune_restore_hint()
 
 
-def _summary(tracker: TrackingCallback, wall: float, rerun_wall: float | None, history, recorder) -> dict[str, float]:
+def sweep_summary(tracker, wall: float, rerun_wall: float | None, history, recorder) -> dict[str, float]:
     """The parent run's closing metrics; a resumed sweep's wall time spans the interrupted part too (up to its
     last tracked trial)."""
     summary = {"wall_time_s": wall, "trials_finished": tracker.finished, "trials_failed": tracker.failed}
@@ -287,68 +280,6 @@ def _summary(tracker: TrackingCallback, wall: float, rerun_wall: float | None, h
         summary["restored_trials"] = len(history.done())
         summary["wall_time_s"] = wall + float(getattr(recorder, "wall_before_resume_s", 0.0))
     return summary
-
-
-def run_sweep(request: SweepRequest, recorder: Recorder, *, progress=None) -> SweepOutcome:
-    """Run one (dataset, model) sweep in the current Ray session; returns its trial counts and timing."""
-    from ray import tune
-
-    from omicsweep.benchmark.resume import sweep_key, update_state
-    from omicsweep.benchmark.sweep_reruns import record_seed_reruns
-
-    _quiet_logs()
-    progress = progress or NullProgress()
-    defaults = dict(request.space.defaults)
-    if request.max_epochs is not None:
-        defaults["max_epochs"] = request.max_epochs
-    context = _trial_context(request, defaults)
-    dims = request.space.to_tune()
-    dataset_files = tempfile.TemporaryDirectory(prefix="omicsweep-dataset-")
-    write_dataset_files(request.store_path, Path(dataset_files.name))
-    tracker = TrackingCallback(recorder, context, progress, dataset_files=dataset_files.name)
-    name = f"{request.dataset}-{request.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-    history, parent_run_id = _open_sweep(request, recorder, context, name)  # the study is KEY:PARENT_RUN_ID
-    key = sweep_key(request.dataset, request.model)
-    if history is not None:
-        tracker.restore(history.done())
-    remaining = request.n_trials - (len(history.done()) if history else 0)
-    started = time.time()
-    status, wall, rerun_wall = "FAILED", None, None
-    try:
-        if remaining > 0:
-            tune.Tuner(
-                _trainable(request, context),
-                param_space=dims,
-                tune_config=tune_config(request, context, dims, history, num_samples=remaining, study=StudyRef(
-                    study_url(request.run_folder, request.optuna_storage), study_name(key, parent_run_id))),
-                run_config=tune.RunConfig(
-                    name=name + ("-resumed" if history else ""),
-                    storage_path=sweep_storage(request),
-                    callbacks=[tracker],
-                    verbose=0,
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                    failure_config=tune.FailureConfig(max_failures=request.max_failures),
-                ),
-            ).fit()
-        if tracker.finished + tracker.failed < request.n_trials:  # Tune returns early after a SIGINT
-            status = "KILLED"
-            raise SweepInterrupted(
-                f"{request.dataset}/{request.model}: interrupted after {tracker.finished + tracker.failed} of "
-                f"{request.n_trials} trials; finish it with: omicsweep sweep --resume {request.run_folder}"
-            )
-        status = "FINISHED"
-        wall = time.time() - started
-        rerun_wall = record_seed_reruns(recorder, tracker, sweep_seed=request.seed, n=request.seeds,
-                                        done=history.reruns_done() if history else set())
-    finally:
-        dataset_files.cleanup()
-        wall = time.time() - started if wall is None else wall
-        recorder.end_sweep(status=status, summary=_summary(tracker, wall, rerun_wall, history, recorder))
-        update_state(request.run_folder, key, status=status.lower())
-    return SweepOutcome(
-        model=request.model, dataset=request.dataset, trials_finished=tracker.finished,
-        trials_failed=tracker.failed, wall_time_s=wall, overheads_s=tracker.overheads,
-    )
 
 
 def _json(value: Any) -> str:

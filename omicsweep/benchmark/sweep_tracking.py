@@ -68,6 +68,7 @@ class TrackingCallback(Callback):
         self.finished = 0
         self.failed = 0
         self.best: float | None = None
+        self.ended: float | None = None  # when the sweep's last trial so far ended (a grid's pairs end apart)
 
     def __getstate__(self):
         return {k: v for k, v in self.__dict__.items() if k not in ("recorder", "progress")}
@@ -124,6 +125,7 @@ class TrackingCallback(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.finished += 1
+        self.ended = time.time()
         self.completed.append(trial.trial_id)
         last = self.last.get(trial.trial_id, {})
         if "epoch" in last:  # ASHA may have stopped it early: `reproduce` re-runs exactly this many epochs
@@ -160,6 +162,7 @@ class TrackingCallback(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.failed += 1
+        self.ended = time.time()
         self.recorder.end_trial(trial.trial_id, status="FAILED", error=_read_error(trial))
         self.progress.update(self)
 

@@ -15,42 +15,50 @@ from omicsweep.cli.common import (
 
 
 class RichProgress:
-    """Trials running/done/failed and the best value so far, updated by the sweep's callback."""
+    """One bar per (dataset, model) sweep of the plan (all run at once): trials running/done/failed and the best
+    value so far, each updated by its sweep's tracking callback. Entering yields one updater per sweep."""
 
-    def __init__(self, total: int, label: str) -> None:
+    def __init__(self, sweeps: list[tuple[int, str]]) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             console=err_console, transient=False,
         )
-        self.label = label
-        self.task = self.progress.add_task(label, total=total)
+        self.bars = [PairBar(self.progress, total, label) for total, label in sweeps]
 
-    def __enter__(self):
+    def __enter__(self) -> list[PairBar]:
         self.progress.start()
-        return self
+        return self.bars
 
     def __exit__(self, *exc):
         self.progress.stop()
 
+
+class PairBar:
+    """The bar of one sweep: `update(tracker)` is the sweep's progress protocol (benchmark/sweep_tracking.py)."""
+
+    def __init__(self, progress, total: int, label: str) -> None:
+        self.progress, self.label = progress, label
+        self.task = progress.add_task(label, total=total)
+
     def update(self, tracker) -> None:
-        done = tracker.finished + tracker.failed
-        running = tracker.running
         best = "-" if tracker.best is None else f"{tracker.best:.3f}"
         self.progress.update(
-            self.task, completed=done,
-            description=f"{self.label}  running {running}  done {tracker.finished}  failed {tracker.failed}  best {best}",
+            self.task, completed=tracker.finished + tracker.failed,
+            description=f"{self.label}  running {tracker.running}  done {tracker.finished}  failed {tracker.failed}  "
+                        f"best {best}",
         )
-
 
 
 @user_errors
 def sweep(
-    dataset: Dataset = "pbmc68k",
-    model: str = typer.Option("mlp", help="registered model name, comma-separated names, or 'all'"),
-    trials: int = typer.Option(16, min=1, help="trials per model (models with nothing to search run one)"),
-    concurrency: int = typer.Option(2, min=1, help="trials running at once"),
+    dataset: str = typer.Option("pbmc68k", help="dataset name or store path, comma-separated names, or "
+                                "'all-registered': every (dataset, model) pair runs, all in one Tuner"),
+    model: str = typer.Option("mlp", help="registered model name, comma-separated names, or 'all' (each dataset "
+                              "gets the named models that fit its task)"),
+    trials: int = typer.Option(16, min=1, help="trials per (dataset, model) pair (one where nothing is searched)"),
+    concurrency: int = typer.Option(2, min=1, help="trials running at once, over all pairs"),
     seed: Seed = 0,
     metric: Metric = None,
     space: Space = None,
