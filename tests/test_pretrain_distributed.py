@@ -7,12 +7,14 @@ fp16) and a curated set of the top-level keys DeepSpeed reads, before any worker
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import assert_one_line_error
 from omicsweep.benchmark.strategies import load_deepspeed_config
-from omicsweep.errors import ConfigError
+from omicsweep.errors import ConfigError, InputError
 
 
 @pytest.mark.parametrize("settings, needles", [
@@ -63,3 +65,151 @@ def test_allowed_top_level_keys_are_keys_deepspeed_reads():
     sources = "\n".join(p.read_text(errors="ignore") for p in pathlib.Path(deepspeed.__file__).parent.rglob("*.py"))
     missing = [key for key in sorted(DEEPSPEED_TOP_LEVEL_KEYS) if not re.search(rf"[\"']{key}[\"']", sources)]
     assert not missing, missing
+
+
+# ---- checkpoints under every strategy: two gloo processes, no Ray ----------------------------------------------
+N_GENES, VOCAB = 31, [f"G{i}" for i in range(31)]
+PERFORMER = {"n_genes": N_GENES, "dim": 16, "depth": 1, "heads": 2, "dim_head": 8, "nb_features": 8,
+             "redraw_every": 2, "gene_embedding": "learned", "seed": 5}
+STRATEGIES = {  # name -> (workers, DeepSpeed settings or None)
+    "single": (1, None),
+    "ddp": (2, None),
+    "zero1": (2, {"zero_optimization": {"stage": 1}}),
+    "zero2_bf16_accum2": (2, {"zero_optimization": {"stage": 2}, "bf16": {"enabled": True},
+                              "gradient_accumulation_steps": 2}),
+    "zero3": (2, {"zero_optimization": {"stage": 3}}),
+}
+
+
+def _micro_batch(rank: int, index: int):
+    from omicsweep.datasets.tokens import mask_tokens
+
+    generator = torch.Generator().manual_seed(1000 * rank + index)
+    tokens = torch.randint(0, 6, (4, N_GENES + 1), generator=generator)
+    return mask_tokens(tokens, generator=generator)
+
+
+def _fresh(strategy_factory):
+    """A seeded Performer prepared by a fresh strategy, its torch optimiser and a step LR scheduler."""
+    from omicsweep.models.performer import Performer
+
+    torch.manual_seed(0)
+    strategy = strategy_factory()
+    model = Performer(**PERFORMER)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model, optimizer = strategy.prepare(model, optimizer, {"batch_size": 4})
+    scheduler = torch.optim.lr_scheduler.StepLR(strategy.torch_optimizer(model, optimizer), step_size=1, gamma=0.9)
+    return strategy, model, optimizer, scheduler
+
+
+def _train(strategy, model, optimizer, scheduler, *, start: int, micro_batches: int, accumulation: int) -> list:
+    from omicsweep.models.performer import mlm_loss
+
+    losses = []
+    for index in range(start, start + micro_batches):
+        strategy.module(model).set_feature_step(index // accumulation)  # FAVOR+ redraws counted in optimiser steps
+        tokens, labels = _micro_batch(strategy.rank, index)
+        with strategy.autocast("fp32"):
+            loss = mlm_loss(model(strategy.to_device(tokens)), labels)
+        if strategy.step(model, optimizer, loss, 0.0):
+            scheduler.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def _checkpoint_worker(rank: int, port: int, name: str, out: str) -> None:
+    """One rank: train 4 micro-batches, checkpoint, train 4 more (reference); a fresh model and strategy load the
+    checkpoint and train the same 4 (resumed). Writes both losses, the projections, the module.pt check."""
+    import os
+
+    import torch.distributed as dist
+
+    from omicsweep.benchmark import pretrain_checkpoint as ckpt
+    from omicsweep.benchmark.strategies import make_strategy
+
+    workers, ds = STRATEGIES[name]
+    if workers > 1:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                          WORLD_SIZE="2", LOCAL_WORLD_SIZE="2")
+        dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        accumulation = int((ds or {}).get("gradient_accumulation_steps", 1))
+        factory = lambda: make_strategy(workers=workers, rank=rank, deepspeed=ds)  # noqa: E731
+        folder = Path(out) / "ckpt"
+        fingerprint = ckpt.vocabulary_fingerprint(VOCAB)
+        strategy, model, optimizer, scheduler = _fresh(factory)
+        _train(strategy, model, optimizer, scheduler, start=0, micro_batches=4, accumulation=accumulation)
+        ckpt.save_checkpoint(folder, strategy=strategy, model=model, optimizer=optimizer, scheduler=scheduler,
+                             step=4 // accumulation, stream_state={"epoch": 0, "batch": 4, "rank": rank},
+                             vocabulary_fingerprint=fingerprint, n_genes=N_GENES, extra={"best": 1.5})
+        reference = _train(strategy, model, optimizer, scheduler, start=4, micro_batches=4, accumulation=accumulation)
+        projections = [block.attn.projection.clone() for block in strategy.module(model).layers]
+        del model, optimizer
+        strategy, model, optimizer, scheduler = _fresh(factory)
+        state = ckpt.load_checkpoint(folder, strategy=strategy, model=model, optimizer=optimizer,
+                                     scheduler=scheduler, vocabulary_fingerprint=fingerprint)
+        resumed = _train(strategy, model, optimizer, scheduler, start=4, micro_batches=4, accumulation=accumulation)
+        same_projections = all(torch.equal(a, block.attn.projection)
+                               for a, block in zip(projections, strategy.module(model).layers))
+        result = {"reference": reference, "resumed": resumed, "step": state.step, "stream": state.stream(rank),
+                  "extra": state.extra, "strategy": state.strategy, "same_projections": same_projections,
+                  "projection_sum": float(sum(p.double().sum() for p in projections)),
+                  "lr": scheduler.get_last_lr()[0]}
+        (Path(out) / f"{name}-rank{rank}.json").write_text(json.dumps(result))
+    finally:
+        if workers > 1:
+            dist.destroy_process_group()
+
+
+def _run_ranks(name: str, out: Path) -> list[dict]:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    workers = STRATEGIES[name][0]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.start_processes(_checkpoint_worker, args=(port, name, str(out)), nprocs=workers, start_method="spawn")
+    return [json.loads((out / f"{name}-rank{rank}.json").read_text()) for rank in range(workers)]
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in ("zero1", "zero3") else n
+                                  for n in STRATEGIES])  # ~15 s each with DeepSpeed on 2 loaded CPUs
+def test_checkpoint_resumes_training_exactly_under_every_strategy(name, tmp_path):
+    """Train, checkpoint, train on (reference); a fresh model, optimiser and scheduler loaded from the checkpoint
+    train the same micro-batches to the same losses. The consolidated module.pt is float32 and loads with
+    weights_only; the FAVOR+ projections are the same on every rank."""
+    from omicsweep.benchmark import pretrain_checkpoint as ckpt
+
+    results = _run_ranks(name, tmp_path)
+    accumulation = int((STRATEGIES[name][1] or {}).get("gradient_accumulation_steps", 1))
+    for rank, result in enumerate(results):
+        assert result["resumed"] == pytest.approx(result["reference"], rel=1e-5, abs=1e-6), (name, rank, result)
+        assert result["step"] == 4 // accumulation and result["stream"] == {"epoch": 0, "batch": 4, "rank": rank}
+        assert result["extra"] == {"best": 1.5} and result["same_projections"]
+    assert len({r["projection_sum"] for r in results}) == 1  # redrawn identically on every rank
+    assert len({r["lr"] for r in results}) == 1
+    module = ckpt.load_module_state(tmp_path / "ckpt", vocabulary_fingerprint=ckpt.vocabulary_fingerprint(VOCAB))
+    assert all(v.dtype in (torch.float32, torch.long) for v in module.values())
+    from omicsweep.models.performer import Performer
+
+    Performer(**PERFORMER).load_state_dict(module)  # the plain module takes it as is (fine-tuning's path)
+    assert ckpt.read_state(tmp_path / "ckpt").strategy == results[0]["strategy"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
+
+
+def test_checkpoint_of_another_vocabulary_is_refused_naming_the_file(tmp_path):
+    from omicsweep.benchmark import pretrain_checkpoint as ckpt
+    from omicsweep.benchmark.strategies import make_strategy
+
+    strategy, model, optimizer, scheduler = _fresh(lambda: make_strategy(workers=1))
+    ckpt.save_checkpoint(tmp_path / "ckpt", strategy=strategy, model=model, optimizer=optimizer, step=0,
+                         stream_state={}, vocabulary_fingerprint=ckpt.vocabulary_fingerprint(VOCAB), n_genes=N_GENES)
+    other = ckpt.vocabulary_fingerprint(VOCAB[::-1])
+    for load in (lambda: ckpt.load_module_state(tmp_path / "ckpt", vocabulary_fingerprint=other),
+                 lambda: ckpt.load_checkpoint(tmp_path / "ckpt", strategy=strategy, model=model,
+                                              optimizer=optimizer, vocabulary_fingerprint=other)):
+        with pytest.raises(InputError) as info:
+            load()
+        assert str(tmp_path / "ckpt" / ckpt.STATE_FILE) in str(info.value) and "vocabulary" in str(info.value)

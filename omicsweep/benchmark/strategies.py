@@ -192,6 +192,7 @@ class DeepSpeed(Strategy):
 
 
 DEEPSPEED_BUCKET = 500_000_000  # DeepSpeed's default ZeRO-1/2 reduce and all-gather bucket, in elements
+BUCKET_ALIGNMENT = 512
 
 
 def _fit_buckets(ds: dict[str, Any], model: nn.Module) -> None:
@@ -200,8 +201,10 @@ def _fit_buckets(ds: dict[str, Any], model: nn.Module) -> None:
     zero = ds.get("zero_optimization", {})
     if int(zero.get("stage", 0)) in (1, 2):
         n_params = sum(p.numel() for p in model.parameters())
+        # a multiple of BUCKET_ALIGNMENT: ZeRO-1/2 assert the all-gather bucket is one of its alignment (2)
+        size = -(-max(1, n_params) // BUCKET_ALIGNMENT) * BUCKET_ALIGNMENT
         for key in ("reduce_bucket_size", "allgather_bucket_size"):
-            zero.setdefault(key, int(min(DEEPSPEED_BUCKET, max(1, n_params))))
+            zero.setdefault(key, int(min(DEEPSPEED_BUCKET, size)))
 
 
 def load_deepspeed_config(path: str) -> dict[str, Any]:

@@ -211,9 +211,11 @@ class Performer(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        key = prefix + "feature_step"
-        if key in state_dict and self.redraw_every > 0:  # the loaded projections belong to the loaded step
-            self._drawn = int(state_dict[key]) // self.redraw_every
+        # the loaded projections are those the last training step used, drawn before feature_step was advanced:
+        # the next training forward redraws for the loaded step (a draw is a function of (seed, layer, index)
+        # alone, so this is the projection an uninterrupted run uses there)
+        if prefix + "feature_step" in state_dict:
+            self._drawn = -1
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         if tokens.shape[-1] != self.seq_len:
