@@ -79,6 +79,7 @@ STRATEGIES = {  # name -> (workers, DeepSpeed settings or None)
                               "gradient_accumulation_steps": 2}),
     "zero3": (2, {"zero_optimization": {"stage": 3}}),
 }
+PER_RANK_FOLDERS = ("zero2_bf16_accum2",)  # each rank writes its own folder (Ray Train); the others share one
 
 
 def _micro_batch(rank: int, index: int):
@@ -122,6 +123,8 @@ def _checkpoint_worker(rank: int, port: int, name: str, out: str) -> None:
     checkpoint and train the same 4 (resumed). Writes both losses, the projections, the module.pt check."""
     import os
 
+    import shutil
+
     import torch.distributed as dist
 
     from omicsweep.benchmark import pretrain_checkpoint as ckpt
@@ -139,9 +142,17 @@ def _checkpoint_worker(rank: int, port: int, name: str, out: str) -> None:
         fingerprint = ckpt.vocabulary_fingerprint(VOCAB)
         strategy, model, optimizer, scheduler = _fresh(factory)
         _train(strategy, model, optimizer, scheduler, start=0, micro_batches=4, accumulation=accumulation)
-        ckpt.save_checkpoint(folder, strategy=strategy, model=model, optimizer=optimizer, scheduler=scheduler,
+        # per-rank folders, merged afterwards, as Ray Train gives each worker a temporary folder and merges uploads
+        own = Path(out) / f"rank{rank}" / "ckpt" if name in PER_RANK_FOLDERS else folder
+        ckpt.save_checkpoint(own, strategy=strategy, model=model, optimizer=optimizer, scheduler=scheduler,
                              step=4 // accumulation, stream_state={"epoch": 0, "batch": 4, "rank": rank},
                              vocabulary_fingerprint=fingerprint, n_genes=N_GENES, extra={"best": 1.5})
+        if own != folder:
+            dist.barrier()
+            if rank == 0:
+                for r in range(workers):
+                    shutil.copytree(Path(out) / f"rank{r}" / "ckpt", folder, dirs_exist_ok=True)
+            dist.barrier()
         reference = _train(strategy, model, optimizer, scheduler, start=4, micro_batches=4, accumulation=accumulation)
         projections = [block.attn.projection.clone() for block in strategy.module(model).layers]
         del model, optimizer
@@ -196,7 +207,7 @@ def test_checkpoint_resumes_training_exactly_under_every_strategy(name, tmp_path
 
     Performer(**PERFORMER).load_state_dict(module)  # the plain module takes it as is (fine-tuning's path)
     assert ckpt.read_state(tmp_path / "ckpt").strategy == results[0]["strategy"]
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
+    assert not [p for p in tmp_path.rglob(".*")]  # no staging folder left
 
 
 def test_checkpoint_of_another_vocabulary_is_refused_naming_the_file(tmp_path):
