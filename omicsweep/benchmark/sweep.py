@@ -129,6 +129,7 @@ def _trial_context(request: SweepRequest, defaults: dict[str, Any]) -> TrialCont
         storage=sweep_storage(request),
         faults=request.faults,
         fault_dir=str(Path(request.run_folder).resolve() / "faults"),
+        checkpoint_root=str(Path(request.run_folder).resolve() / "checkpoints"),
     )
     if context.distributed:  # refused here, before the sweep's run is opened, rather than in every trial
         check_ray_version()

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator
 
 from omicsweep.errors import InputError
 from omicsweep.schema import WORLD_SIZE_KEY
+from omicsweep.tasks import PRETRAINING_TASKS
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class TrialContext:
     storage: str | None = None              # Ray Train's storage for a distributed trial's checkpoints
     faults: str | None = None               # chaos tests: benchmark/faults.py spec, sweep trials only
     fault_dir: str | None = None            # where `:once` faults remember they fired
+    checkpoint_root: str | None = None      # a sweep's durable per-trial checkpoints (pretraining: resume from them)
 
     @property
     def distributed(self) -> bool:
@@ -103,6 +105,13 @@ def execute_trial(context: TrialContext, sampled: dict[str, Any], report: Callab
     # k-fold stores: config `fold` picks the test fold; the model's featuriser picks the rows it reads (CNNC: a
     # pair store's images at config `bins`/`sigma`)
     entry = get_model(context.model)
+    if set(entry.tasks) <= set(PRETRAINING_TASKS):  # masked expression: steps on a corpus store (pretrain.py)
+        from omicsweep.benchmark.pretrain import fit_pretrain
+
+        with threadpool_limits(limits=max(1, int(context.threads))):
+            fit_pretrain(context, config, _with_world_size(report, strategy), strategy or Strategy(
+                device=_local_device(context)))
+        return
     store = entry.featurised_store(open_store(context.store_path, fold=config.get("fold")), config)
     if store.fingerprint != context.fingerprint:
         raise InputError(
@@ -128,6 +137,11 @@ def execute_trial(context: TrialContext, sampled: dict[str, Any], report: Callab
     # OMP_NUM_THREADS=its CPUs, so an in-process re-run (`reproduce`) must match it to sum in the same order
     with threadpool_limits(limits=max(1, int(context.threads))):
         FITTERS[entry.family](entry, inputs, report_with_world_size)
+
+
+def _with_world_size(report: Callable, strategy) -> Callable:
+    world_size = strategy.world_size if strategy is not None else 1
+    return lambda metrics, files=None: report({**metrics, WORLD_SIZE_KEY: world_size}, files)
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from omicsweep.cli import corpus, data, models, results, sweep
+from omicsweep.cli import corpus, data, models, pretrain, results, sweep
 from omicsweep.cli.corpus import corpus_app
 from omicsweep.cli.datasets import datasets_app
 
@@ -21,7 +21,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Hyperparameter sweeps and leaderboards for deep learning on gene expression.",
 )
-for group in (data, models, sweep, results, corpus):
+for group in (data, models, sweep, pretrain, results, corpus):
     for name, command in group.COMMANDS.items():
         app.command(name)(command)
 app.add_typer(datasets_app, name="datasets")

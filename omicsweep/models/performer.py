@@ -274,3 +274,54 @@ def _gene_embedding(kind: str, gene2vec, seq_len: int, dim: int) -> nn.Embedding
     if tuple(weight.shape) != (seq_len, dim):
         raise ConfigError(f"gene2vec matrix is {tuple(weight.shape)}; expected ({seq_len}, {dim}) = (n_genes + 1, dim)")
     return nn.Embedding.from_pretrained(weight, freeze=True)
+
+
+# ---- registration: scBERT pretraining (masked expression modelling; benchmark/pretrain.py trains it) ------------
+MODEL_KEYS = ("dim", "depth", "heads", "dim_head", "nb_features", "redraw_every", "attention", "gene_embedding",
+              "ff_mult", "dropout")
+
+
+def _gene2vec_matrix(config: dict, task) -> np.ndarray | None:
+    if config.get("gene_embedding", "learned") != "gene2vec":
+        return None
+    from omicsweep.models.gene2vec import read_gene2vec
+
+    if not config.get("gene2vec"):
+        raise ConfigError("config gene_embedding=gene2vec needs gene2vec=PATH (a file `omicsweep gene2vec` "
+                          "writes); or set gene_embedding to learned | none")
+    if not task.genes:
+        raise ConfigError("config gene_embedding=gene2vec needs the corpus's gene symbols to align the vectors")
+    matrix, _ = read_gene2vec(config["gene2vec"], list(task.genes), dim=int(config["dim"]))
+    return matrix
+
+
+def build_performer(config: dict, task) -> Performer:
+    """The Performer of a pretraining configuration over the task's genes (task.n_features of them)."""
+    sizes = {key: config[key] for key in MODEL_KEYS if key in config}
+    return Performer(n_genes=int(task.n_features), gene2vec=_gene2vec_matrix(config, task),
+                     seed=int(config.get("seed", 0)), **sizes)
+
+
+def _prepare(config: dict, task) -> tuple[dict, list[str]]:
+    """A gene2vec file is read once before any trial (dimension, format, coverage of the corpus's genes)."""
+    if config.get("gene_embedding", "learned") != "gene2vec" or not config.get("gene2vec"):
+        return {}, []
+    from omicsweep.models.gene2vec import read_gene2vec
+
+    _, coverage = read_gene2vec(config["gene2vec"], list(task.genes), dim=int(config["dim"]))
+    return {}, [f"gene2vec {config['gene2vec']}: {coverage}"]
+
+
+def _register() -> None:
+    from omicsweep.models.base import ModelEntry, register
+    from omicsweep.tasks import MASKED_EXPRESSION
+
+    register(ModelEntry(
+        name="scbert_pretrain", family="torch", build=build_performer, tasks=(MASKED_EXPRESSION,),
+        prepare=_prepare,
+        description="scBERT's Performer pretrained by masked expression modelling on a corpus store "
+                    "(omicsweep pretrain)",
+    ))
+
+
+_register()
