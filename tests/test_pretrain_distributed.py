@@ -79,6 +79,7 @@ STRATEGIES = {  # name -> (workers, DeepSpeed settings or None)
                               "gradient_accumulation_steps": 2}),
     "zero3": (2, {"zero_optimization": {"stage": 3}}),
 }
+SCHEDULE = {"schedule": "cosine", "schedule_unit": "step", "warmup_steps": 2, "max_epochs": 1}
 PER_RANK_FOLDERS = ("zero2_bf16_accum2",)  # each rank writes its own folder (Ray Train); the others share one
 
 
@@ -92,6 +93,7 @@ def _micro_batch(rank: int, index: int):
 
 def _fresh(strategy_factory):
     """A seeded Performer prepared by a fresh strategy, its torch optimiser and a step LR scheduler."""
+    from omicsweep.benchmark.training_options import StepSchedule
     from omicsweep.models.performer import Performer
 
     torch.manual_seed(0)
@@ -99,8 +101,9 @@ def _fresh(strategy_factory):
     model = Performer(**PERFORMER)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     model, optimizer = strategy.prepare(model, optimizer, {"batch_size": 4})
-    scheduler = torch.optim.lr_scheduler.StepLR(strategy.torch_optimizer(model, optimizer), step_size=1, gamma=0.9)
-    return strategy, model, optimizer, scheduler
+    # the pretraining loop's schedule: warm-up then cosine, in optimiser steps
+    schedule = StepSchedule(strategy.torch_optimizer(model, optimizer), SCHEDULE, steps_per_epoch=8)
+    return strategy, model, optimizer, schedule
 
 
 def _train(strategy, model, optimizer, scheduler, *, start: int, micro_batches: int, accumulation: int) -> list:
@@ -113,7 +116,7 @@ def _train(strategy, model, optimizer, scheduler, *, start: int, micro_batches: 
         with strategy.autocast("fp32"):
             loss = mlm_loss(model(strategy.to_device(tokens)), labels)
         if strategy.step(model, optimizer, loss, 0.0):
-            scheduler.step()
+            scheduler.optimizer_step()
         losses.append(float(loss.detach()))
     return losses
 
@@ -165,7 +168,7 @@ def _checkpoint_worker(rank: int, port: int, name: str, out: str) -> None:
         result = {"reference": reference, "resumed": resumed, "step": state.step, "stream": state.stream(rank),
                   "extra": state.extra, "strategy": state.strategy, "same_projections": same_projections,
                   "projection_sum": float(sum(p.double().sum() for p in projections)),
-                  "lr": scheduler.get_last_lr()[0]}
+                  "lr": strategy.torch_optimizer(model, optimizer).param_groups[0]["lr"]}
         (Path(out) / f"{name}-rank{rank}.json").write_text(json.dumps(result))
     finally:
         if workers > 1:

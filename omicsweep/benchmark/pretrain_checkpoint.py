@@ -4,13 +4,14 @@ A checkpoint is a folder, written by every rank together (`save_checkpoint` and 
 collectives: call them on all ranks) and swapped into place whole (atomic.replace_folder), so a run killed while
 writing leaves the previous checkpoint intact:
 
-    STATE_FILE    pretrain_state.json: step, every rank's TokenStream position, the vocabulary fingerprint and
-                  gene count, the strategy and world size. Written last: a folder without it is not a checkpoint
+    STATE_FILE    pretrain.json: step, every rank's TokenStream position, the vocabulary fingerprint and gene
+                  count, the strategy and world size, and the loop's own meta (config, seed, best val loss) at
+                  the top level. Written last: a folder without it is not a checkpoint
     MODULE_FILE   module.pt: the consolidated float32 state_dict of the plain module (what fine-tuning loads,
                   `load_module_state`, torch.load(weights_only=True)). Under DeepSpeed the weights are the
                   optimiser's fp32 master copy (deepspeed.utils.safe_get_full_fp32_param: gathered from the
                   ZeRO-1/2/3 partitions), not the bf16 weights the module computes with
-    TORCH_FILE    train_state.pt (one process, DDP): the optimiser and LR scheduler state dicts
+    TORCH_FILE    train_state.pt: the optimiser state dict (one process, DDP) and the LR schedule's position
     DEEPSPEED_DIR deepspeed/ (DeepSpeed): the engine's own format, `engine.save_checkpoint(tag="step<N>")`, with
                   step, stream positions and fingerprint in its client_state; each rank writes its own ZeRO
                   partition files, so ranks on several nodes need one shared folder (or Ray Train's merged
@@ -37,7 +38,7 @@ import torch
 from omicsweep.atomic import atomic_write_text, replace_folder
 from omicsweep.errors import InputError
 
-STATE_FILE = "pretrain_state.json"
+STATE_FILE = "pretrain.json"  # benchmark/pretrain.py's META_FILE: its meta (config, seed, ...) at the top level
 MODULE_FILE = "module.pt"
 TORCH_FILE = "train_state.pt"
 DEEPSPEED_DIR = "deepspeed"
@@ -59,8 +60,18 @@ class PretrainState:
     n_genes: int
     strategy: str = "single"
     world_size: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)  # the loop's own (e.g. best val loss), JSON values
+    extra: dict[str, Any] = field(default_factory=dict)  # the loop's own meta (config, best val loss): JSON values
     format: int = FORMAT_VERSION
+
+    def as_json(self) -> dict[str, Any]:
+        own = asdict(self)
+        return {**own.pop("extra"), **own}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> "PretrainState":
+        names = set(cls.__dataclass_fields__) - {"extra"}
+        return cls(**{k: v for k, v in raw.items() if k in names},
+                   extra={k: v for k, v in raw.items() if k not in names})
 
     def stream(self, rank: int) -> dict[str, Any]:
         """This rank's stream position (a run resumed on fewer ranks has no position for the others)."""
@@ -140,8 +151,7 @@ def read_state(folder: str | os.PathLike) -> PretrainState:
     folder = Path(folder)
     file = folder / STATE_FILE
     try:
-        raw = json.loads(file.read_text())
-        return PretrainState(**raw)
+        return PretrainState.from_json(json.loads(file.read_text()))
     except FileNotFoundError:
         raise InputError(f"{folder}: not a pretraining checkpoint (no {STATE_FILE})") from None
     except (ValueError, TypeError) as exc:
@@ -176,9 +186,12 @@ def _swappers(strategy, folder: Path) -> bool:
 
 
 def save_checkpoint(folder: str | os.PathLike, *, strategy, model, optimizer, scheduler=None, step: int,
-                    stream_state: dict[str, Any], vocabulary_fingerprint: str, n_genes: int,
-                    extra: dict[str, Any] | None = None) -> Path:
-    """Write the checkpoint of `step` to `folder` (replacing the one there); a collective. Returns `folder`."""
+                    vocabulary_fingerprint: str, n_genes: int, stream_state: dict[str, Any] | None = None,
+                    streams: list[dict[str, Any]] | None = None, extra: dict[str, Any] | None = None) -> Path:
+    """Write the checkpoint of `step` to `folder` (replacing the one there); a collective. Returns `folder`.
+
+    stream_state: this rank's TokenStream.state_dict() (gathered here), or streams: every rank's, gathered.
+    scheduler: a torch LR scheduler or the loop's StepSchedule (training_options), or None."""
     folder = Path(folder)
     staging = _staging(folder, step)
     swapper = _swappers(strategy, folder)
@@ -186,7 +199,8 @@ def save_checkpoint(folder: str | os.PathLike, *, strategy, model, optimizer, sc
         shutil.rmtree(staging, ignore_errors=True)  # a run killed while writing this step left it
     _barrier(strategy)
     staging.mkdir(parents=True, exist_ok=True)
-    state = PretrainState(step=int(step), streams=_gather(strategy, stream_state),
+    streams = list(streams) if streams is not None else _gather(strategy, stream_state)
+    state = PretrainState(step=int(step), streams=streams,
                           vocabulary_fingerprint=vocabulary_fingerprint, n_genes=int(n_genes),
                           strategy=strategy_name(strategy), world_size=strategy.world_size, extra=dict(extra or {}))
     module_state = consolidated_state_dict(strategy, model)
@@ -195,12 +209,12 @@ def save_checkpoint(folder: str | os.PathLike, *, strategy, model, optimizer, sc
         model.save_checkpoint(str(staging / DEEPSPEED_DIR), tag=f"step{state.step}", client_state=client)
     _barrier(strategy)  # every rank's partition files are written
     if swapper:
-        torch_state = {"scheduler": scheduler.state_dict() if scheduler is not None else None}
+        torch_state = {"scheduler": _schedule_state(scheduler)}
         if not _is_deepspeed(strategy):
             torch_state["optimizer"] = optimizer.state_dict() if optimizer is not None else None
         torch.save(torch_state, staging / TORCH_FILE)
         torch.save(module_state, staging / MODULE_FILE)
-        atomic_write_text(staging / STATE_FILE, json.dumps(asdict(state), indent=1))  # last: marks it complete
+        atomic_write_text(staging / STATE_FILE, json.dumps(state.as_json(), indent=1, default=str))  # last: complete
         replace_folder(staging, folder)
     _barrier(strategy)
     return folder
@@ -225,9 +239,29 @@ def load_checkpoint(folder: str | os.PathLike, *, strategy, model, optimizer, sc
         strategy.module(model).load_state_dict(module_state)
         if optimizer is not None and torch_state.get("optimizer") is not None:
             optimizer.load_state_dict(torch_state["optimizer"])
-    if scheduler is not None and torch_state.get("scheduler") is not None:
-        scheduler.load_state_dict(torch_state["scheduler"])
+    _restore_schedule(scheduler, torch_state.get("scheduler"), strategy.torch_optimizer(model, optimizer))
     return state
+
+
+def _schedule_state(schedule) -> dict[str, Any] | None:
+    if schedule is None:
+        return None
+    if hasattr(schedule, "optimizer_step"):  # training_options.StepSchedule: its position is its counters
+        return {"steps": int(schedule.steps), "epochs": int(schedule.epochs)}
+    return schedule.state_dict()
+
+
+def _restore_schedule(schedule, saved: dict[str, Any] | None, torch_optimizer) -> None:
+    """Put the schedule back; a StepSchedule also re-points at the optimiser's param groups, which
+    Optimizer.load_state_dict (and DeepSpeed's load) replace: it would otherwise set the lr of the old ones."""
+    if schedule is None or saved is None:
+        return
+    if hasattr(schedule, "optimizer_step"):
+        schedule.steps, schedule.epochs = int(saved["steps"]), int(saved["epochs"])
+        schedule.groups = torch_optimizer.param_groups
+        schedule._apply()
+        return
+    schedule.load_state_dict(saved)
 
 
 def _load_deepspeed(folder: Path, state: PretrainState, engine) -> None:
