@@ -1,0 +1,132 @@
+"""Pretraining (scBERT masked expression modelling): the trial in steps, its metrics, checkpoints and resume, the
+`omicsweep pretrain` run and sweep, the leaderboard section, `reproduce`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from omicsweep.benchmark.space import load_space
+from omicsweep.benchmark.trial import TrialContext, execute_trial
+from omicsweep.datasets.open import open_store
+from omicsweep.datasets.store import StoreWriter
+from omicsweep.models import get_model
+
+N_GENES = 128
+
+
+def write_structured_corpus(out: Path, *, cells: int = 480, seed: int = 0) -> Path:
+    """A corpus whose bins depend on the gene: one housekeeping gene holds most counts, the others have
+    gene-specific Poisson levels, so their scBERT bins (2..5) differ by gene and a model that learns the genes
+    beats the most-common-bin baseline."""
+    rng = np.random.default_rng(seed)
+    levels = np.exp(rng.uniform(np.log(0.5), np.log(30), N_GENES))
+    counts = rng.poisson(levels, size=(cells, N_GENES)) * (rng.random((cells, N_GENES)) < 0.7)
+    counts[:, 0] = 3000
+    n_val = cells // 5
+    with StoreWriter(out, genes=np.array([f"G{i}" for i in range(N_GENES)]), nnz_per_row_hint=N_GENES) as writer:
+        writer.append(sp.csr_matrix(counts.astype(np.float32)))
+        writer.finish(codes=np.zeros(cells, np.int64), classes=["unlabelled"],
+                      split_codes=np.repeat(np.array([0, 1], np.int8), [cells - n_val, n_val]),
+                      cell_ids=np.char.add("c", np.arange(cells).astype(str)),
+                      provenance={"source": "test", "value_kind": "counts", "preprocessing": []})
+    return out
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return write_structured_corpus(tmp_path_factory.mktemp("pretrain") / "corpus.zarr")
+
+
+def tiny_config(**overrides) -> dict:
+    space = load_space(get_model("scbert_pretrain").space_file)
+    return {**space.defaults, **space.tiny, "lr": 3e-3, **overrides}
+
+
+def run_trial(corpus: Path, config: dict, *, checkpoint_root=None, stop_after: int | None = None):
+    """Every result of one in-process trial (and its checkpoint files); `stop_after` results, then it raises as a
+    killed trial would."""
+    context = TrialContext(store_path=str(corpus), fingerprint=open_store(corpus).fingerprint,
+                           model="scbert_pretrain", defaults=config, seed=3, metric="mlm_loss",
+                           checkpoint_root=None if checkpoint_root is None else str(checkpoint_root))
+    results, files = [], []
+
+    class Killed(Exception):
+        pass
+
+    def report(metrics, ckpt):
+        results.append(metrics)
+        files.append(ckpt or {})
+        if stop_after is not None and len(results) >= stop_after:
+            raise Killed
+
+    try:
+        execute_trial(context, {}, report)
+    except Killed:
+        pass
+    return results, files
+
+
+def test_pretraining_reports_mlm_metrics_and_beats_the_baseline(corpus, tmp_path):
+    results, files = run_trial(corpus, tiny_config(max_steps=60, eval_every=20, checkpoint_every=60, max_epochs=3))
+    assert [r["step"] for r in results] == [20, 40, 60] and [r["epoch"] for r in results] == [1, 2, 3]
+    last = results[-1]
+    for key in ("val_mlm_loss", "val_mlm_accuracy", "val_mlm_baseline_accuracy", "train_tokens_per_s",
+                "train_cells_per_s", "train_loss", "best_val"):
+        assert np.isfinite(last[key]), key
+    assert last["best_val"] == -min(r["val_mlm_loss"] for r in results)
+    assert results[-1]["val_mlm_loss"] < results[0]["val_mlm_loss"]
+    assert 0.2 < last["val_mlm_baseline_accuracy"] < 0.9  # the bins vary: the baseline is not trivially right
+    assert last["val_mlm_accuracy"] > last["val_mlm_baseline_accuracy"], last
+    assert len({r["val_mlm_baseline_accuracy"] for r in results}) == 1  # the same masked val cells every time
+    assert not files[0] and sorted(files[-1]) == ["module.pt", "pretrain.json", "train_state.pt"]
+    for name, write in files[-1].items():
+        write(str(tmp_path / name))
+    meta = json.loads((tmp_path / "pretrain.json").read_text())
+    assert meta["step"] == 60 and meta["n_genes"] == N_GENES and len(meta["vocabulary_fingerprint"]) == 16
+    from omicsweep.models import Task
+    from omicsweep.models.performer import build_performer
+
+    module = build_performer(meta["config"], Task(n_features=N_GENES, n_classes=7))
+    module.load_state_dict(torch.load(tmp_path / "module.pt", weights_only=True))
+
+
+def test_a_killed_trial_resumes_at_the_same_step_and_stream_position(corpus, tmp_path):
+    """Killed after its second step group (checkpointed), the trial run again continues from step 8: the
+    remaining groups' losses are those of an uninterrupted run (CPU, same seed)."""
+    config = tiny_config(max_steps=16, eval_every=4, checkpoint_every=8, max_epochs=4, warmup_steps=3,
+                         schedule="cosine")
+    reference, _ = run_trial(corpus, config)
+    killed, _ = run_trial(corpus, config, checkpoint_root=tmp_path / "ck", stop_after=3)  # groups 1-3; ckpt at 8
+    resumed, _ = run_trial(corpus, config, checkpoint_root=tmp_path / "ck")
+    assert [r["step"] for r in killed] == [4, 8, 12] and [r["step"] for r in resumed] == [12, 16]
+    keys = ("train_loss", "val_mlm_loss", "val_mlm_accuracy", "train_lr")
+    assert [[r[k] for k in keys] for r in resumed] == [[r[k] for k in keys] for r in reference[2:]]
+    meta = json.loads(next((tmp_path / "ck").iterdir()).joinpath("pretrain.json").read_text())
+    assert meta["step"] == 16 and meta["streams"][0]["batch"] > 0
+
+
+def test_checkpoint_of_another_vocabulary_is_refused(corpus, tmp_path):
+    from omicsweep.benchmark.pretrain import checkpoint_folder_for
+    from omicsweep.errors import InputError
+
+    config = tiny_config(max_steps=4, eval_every=4, checkpoint_every=4, max_epochs=1)
+    run_trial(corpus, config, checkpoint_root=tmp_path / "ck")
+    folder = checkpoint_folder_for(str(tmp_path / "ck"), 3, {**config, "seed": 3})
+    meta = json.loads((folder / "pretrain.json").read_text())
+    (folder / "pretrain.json").write_text(json.dumps({**meta, "vocabulary_fingerprint": "0" * 16}))
+    with pytest.raises(InputError, match="another gene vocabulary"):
+        run_trial(corpus, config, checkpoint_root=tmp_path / "ck")
+
+
+def test_bad_pretraining_settings_are_one_line_errors(corpus):
+    from omicsweep.errors import ConfigError
+
+    for key, value in (("max_steps", 0), ("eval_every", "often"), ("mask_prob", 1.5)):
+        with pytest.raises(ConfigError, match=key):
+            run_trial(corpus, tiny_config(**{key: value}))
