@@ -34,12 +34,12 @@ from typing import Any, Callable
 
 import torch
 
-from omicsweep.atomic import atomic_write_text, replace_folder
+from omicsweep.benchmark.pretrain_checkpoint import vocabulary_fingerprint
 from omicsweep.errors import ConfigError, InputError
 
-MODULE_FILE = "module.pt"  # the Performer's float32 state_dict: what fine-tuning loads (weights_only)
-META_FILE = "pretrain.json"  # config, vocabulary fingerprint, genes count, step, every rank's stream position
-STATE_FILE = "train_state.pt"  # optimiser and schedule state (one process / DDP)
+# a checkpoint's files (benchmark/pretrain_checkpoint.py): the float32 module fine-tuning loads (weights_only); config,
+# vocabulary fingerprint, genes count, step, every rank's stream position; optimiser (one process / DDP) and schedule
+from omicsweep.benchmark.pretrain_checkpoint import MODULE_FILE, STATE_FILE as META_FILE, TORCH_FILE as STATE_FILE
 NOT_IN_KEY = ("max_epochs",)  # a resumed or extended run continues from the same checkpoints
 
 
@@ -70,11 +70,6 @@ class PretrainSettings:
         return cls(mask_prob=float(mask_prob), **values)
 
 
-def vocabulary_fingerprint(genes) -> str:
-    """16 hex digits of SHA-256 over the ordered gene symbols: a checkpoint fits a corpus of the same vocabulary."""
-    return hashlib.sha256("\n".join(map(str, genes)).encode()).hexdigest()[:16]
-
-
 def checkpoint_folder_for(root: str | None, seed: int, config: dict[str, Any]) -> Path | None:
     """The durable checkpoint folder of a trial (seed and configuration), or None outside a sweep."""
     if not root:
@@ -84,44 +79,26 @@ def checkpoint_folder_for(root: str | None, seed: int, config: dict[str, Any]) -
     return Path(root) / trial_key(seed, {k: v for k, v in config.items() if k not in NOT_IN_KEY})
 
 
-# ---- checkpoint save / load (swappable: benchmark/pretrain_checkpoint.py writes DeepSpeed's own format) ---------
+# ---- checkpoint save / load: benchmark/pretrain_checkpoint.py (every strategy, DeepSpeed's own format) ---------
 def save_pretrain_state(folder: str | Path, *, strategy, model, optimizer, schedule, step: int,
                         streams: list[dict[str, Any]], meta: dict[str, Any]) -> Path:
     """Write the checkpoint of `step` to `folder`, swapped in whole (a run killed while writing keeps the previous
-    one). Call on every rank (the weights are gathered under ZeRO-3); rank 0 writes."""
-    folder = Path(folder)
-    module_state = strategy.state_dict(model)
-    if strategy.rank != 0:
-        return folder
-    staging = folder.parent / f".{folder.name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    torch.save(module_state, staging / MODULE_FILE)
-    optim = None if _is_deepspeed(strategy) else optimizer.state_dict()
-    torch.save({"optimizer": optim, "schedule": {"steps": schedule.steps}}, staging / STATE_FILE)
-    atomic_write_text(staging / META_FILE, json.dumps({**meta, "step": int(step), "streams": streams}, default=str))
-    replace_folder(staging, folder)
-    return folder
+    one): the consolidated fp32 module, optimiser and schedule, and under DeepSpeed the engine's own checkpoint
+    (ZeRO partitions). A collective: call on every rank."""
+    from omicsweep.benchmark.pretrain_checkpoint import save_checkpoint
+
+    return save_checkpoint(folder, strategy=strategy, model=model, optimizer=optimizer, scheduler=schedule,
+                           step=step, streams=streams, vocabulary_fingerprint=meta["vocabulary_fingerprint"],
+                           n_genes=int(meta["n_genes"]), extra=meta)
 
 
 def load_pretrain_state(folder: str | Path, *, strategy, model, optimizer, schedule,
                         fingerprint: str) -> dict[str, Any]:
-    """Restore model, optimiser and schedule from `folder`; returns its meta (step, streams)."""
-    folder = Path(folder)
-    meta = read_meta(folder)
-    if meta.get("vocabulary_fingerprint") != fingerprint:
-        raise InputError(f"{folder / META_FILE}: checkpoint of another gene vocabulary (fingerprint "
-                         f"{meta.get('vocabulary_fingerprint')}; this corpus's is {fingerprint})")
-    if len(meta["streams"]) != strategy.world_size:
-        raise InputError(f"{folder / META_FILE}: written by {len(meta['streams'])} ranks; resume with "
-                         f"--workers-per-trial {len(meta['streams'])}")
-    strategy.module(model).load_state_dict(torch.load(folder / MODULE_FILE, map_location="cpu", weights_only=True))
-    state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
-    if state["optimizer"] is not None:
-        optimizer.load_state_dict(state["optimizer"])
-    schedule.steps = int(state["schedule"]["steps"])
-    schedule._apply()
-    return meta
+    """Restore model, optimiser and schedule from `folder` (a collective); returns its meta (step, streams)."""
+    from omicsweep.benchmark.pretrain_checkpoint import load_checkpoint
+
+    return load_checkpoint(folder, strategy=strategy, model=model, optimizer=optimizer, scheduler=schedule,
+                           vocabulary_fingerprint=fingerprint).as_json()
 
 
 def read_meta(folder: str | Path) -> dict[str, Any]:
@@ -182,8 +159,7 @@ def evaluate(module, batches, strategy, *, seed: int, mask_prob: float, precisio
         baseline, total = baseline + hits, total + count
     module.train()
     total = max(total, 1)
-    return {"val_mlm_loss": loss_sum / total, "val_mlm_accuracy": correct / total,
-            "val_mlm_baseline_accuracy": baseline / total}
+    return {MLM_LOSS: loss_sum / total, MLM_ACCURACY: correct / total, MLM_BASELINE_ACCURACY: baseline / total}
 
 
 def _micro_batches(stream):
@@ -293,12 +269,12 @@ def fit_pretrain(context, config: dict[str, Any], report: Callable, strategy) ->
         seconds = time.perf_counter() - started
         metrics = evaluate(module, run["val"], strategy, seed=run["seed"], mask_prob=settings.mask_prob,
                            precision=run["precision"])
-        best = min(best, metrics["val_mlm_loss"])
+        best = min(best, metrics[MLM_LOSS])
         files = None
         if step % settings.checkpoint_every == 0 or step >= settings.max_steps:
             files = _checkpoint(run, folder, step, best)
         report({"epoch": -(-step // settings.eval_every), "step": step, "train_loss": sum(losses) / len(losses),
-                "train_lr": lr, **metrics, "best_val": -best, "best_val_mlm_loss": best,
+                "train_lr": lr, **metrics, SEARCH_METRIC: -best,
                 **_throughput(cells * strategy.world_size, len(run["genes"]) + 1, seconds, strategy),
                 "epoch_time_s": seconds}, files)
 
@@ -328,7 +304,8 @@ def _write_and_files(folder: Path | None, args: dict[str, Any], rank: int):
 def _throughput(cells: int, seq_len: int, seconds: float, strategy) -> dict[str, float]:
     """Cells and tokens per second over all ranks; peak GPU memory on CUDA."""
     seconds = max(seconds, 1e-9)
-    out = {"train_cells_per_s": cells / seconds, "train_tokens_per_s": cells * seq_len / seconds}
+    tokens_key, cells_key, memory_key = THROUGHPUT_KEYS
+    out = {cells_key: cells / seconds, tokens_key: cells * seq_len / seconds}
     if strategy.device.type == "cuda":
-        out["train_gpu_memory_mb"] = torch.cuda.max_memory_allocated(strategy.device) / 2**20
+        out[memory_key] = torch.cuda.max_memory_allocated(strategy.device) / 2**20
     return out

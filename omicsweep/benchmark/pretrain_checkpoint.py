@@ -202,7 +202,8 @@ def save_checkpoint(folder: str | os.PathLike, *, strategy, model, optimizer, sc
     streams = list(streams) if streams is not None else _gather(strategy, stream_state)
     state = PretrainState(step=int(step), streams=streams,
                           vocabulary_fingerprint=vocabulary_fingerprint, n_genes=int(n_genes),
-                          strategy=strategy_name(strategy), world_size=strategy.world_size, extra=dict(extra or {}))
+                          strategy=strategy_name(strategy), world_size=strategy.world_size,
+                          extra={k: v for k, v in (extra or {}).items() if k not in PretrainState.__dataclass_fields__})
     module_state = consolidated_state_dict(strategy, model)
     if _is_deepspeed(strategy):
         client = {"step": state.step, "streams": state.streams, "vocabulary_fingerprint": vocabulary_fingerprint}
@@ -274,19 +275,3 @@ def _load_deepspeed(folder: Path, state: PretrainState, engine) -> None:
         raise InputError(f"{folder}: DeepSpeed checkpoint of step {client.get('step')} beside a state of step "
                          f"{state.step}; the folder is not one checkpoint")
 
-
-# ---- where a trial keeps its checkpoint -------------------------------------------------------------------------
-CHECKPOINTS_FOLDER = "pretrain-checkpoints"  # under the sweep's storage (default RUNS/ray)
-
-
-def trial_checkpoint_folder(storage: str | None, seed: int, config: dict[str, Any]) -> Path | None:
-    """The folder a pretraining trial checkpoints to and resumes from: STORAGE/pretrain-checkpoints/<trial key>.
-
-    Keyed by the trial's seed and configuration (faults.trial_key), not by Tune's trial id: `--resume` re-queues
-    an interrupted trial under a new id with the same configuration, and it continues from here. None for
-    storage that is not a local (or shared, mounted) path: checkpoints then only go to Tune."""
-    from omicsweep.benchmark.faults import trial_key
-
-    if not storage or "://" in storage:
-        return None
-    return Path(storage) / CHECKPOINTS_FOLDER / trial_key(seed, config)
