@@ -54,6 +54,12 @@ EPOCHS_RUN = "epochs_run"  # epochs a trial trained (ASHA may stop it early): wh
 WORLD_SIZE_KEY = "world_size"  # every result carries the processes it trained in, as training saw them
 RESOURCE_KEYS = ("trial_wall_s", "cpu_s", "peak_rss_mb", WORLD_SIZE_KEY)  # logged, never compared by `reproduce`
 DEGENERATE_METRIC = "test_degenerate"  # benchmark.metrics.prediction_collapse, on the test split
+# masked expression modelling (benchmark/pretrain.py; lower loss is better, the trial reports best_val = -loss)
+MLM_LOSS = "val_mlm_loss"  # the pretraining section's selection metric (METRIC_TAG)
+MLM_ACCURACY = "val_mlm_accuracy"
+MLM_BASELINE_ACCURACY = "val_mlm_baseline_accuracy"  # each val cell's most common visible non-zero bin
+PRETRAIN_COMMAND = "pretrain"  # COMMAND_TAG on the runs of `omicsweep pretrain`
+THROUGHPUT_KEYS = ("train_tokens_per_s", "train_cells_per_s", "train_gpu_memory_mb")  # timings: never compared
 RERUN_SEED_KEY = "omicsweep.rerun_seed"  # in a Tune config: train with this seed instead of the context's
 
 # ---- artifacts -------------------------------------------------------------------------------------------------

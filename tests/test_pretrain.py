@@ -11,6 +11,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from omicsweep.benchmark.pretrain import META_FILE, MODULE_FILE, STATE_FILE
 from omicsweep.benchmark.space import load_space
 from omicsweep.benchmark.trial import TrialContext, execute_trial
 from omicsweep.datasets.open import open_store
@@ -84,16 +85,16 @@ def test_pretraining_reports_mlm_metrics_and_beats_the_baseline(corpus, tmp_path
     assert 0.2 < last["val_mlm_baseline_accuracy"] < 0.9  # the bins vary: the baseline is not trivially right
     assert last["val_mlm_accuracy"] > last["val_mlm_baseline_accuracy"], last
     assert len({r["val_mlm_baseline_accuracy"] for r in results}) == 1  # the same masked val cells every time
-    assert not files[0] and sorted(files[-1]) == ["module.pt", "pretrain.json", "train_state.pt"]
+    assert not files[0] and sorted(files[-1]) == sorted([MODULE_FILE, META_FILE, STATE_FILE])
     for name, write in files[-1].items():
         write(str(tmp_path / name))
-    meta = json.loads((tmp_path / "pretrain.json").read_text())
+    meta = json.loads((tmp_path / META_FILE).read_text())
     assert meta["step"] == 60 and meta["n_genes"] == N_GENES and len(meta["vocabulary_fingerprint"]) == 16
     from omicsweep.models import Task
     from omicsweep.models.performer import build_performer
 
     module = build_performer(meta["config"], Task(n_features=N_GENES, n_classes=7))
-    module.load_state_dict(torch.load(tmp_path / "module.pt", weights_only=True))
+    module.load_state_dict(torch.load(tmp_path / MODULE_FILE, weights_only=True))
 
 
 def test_a_killed_trial_resumes_at_the_same_step_and_stream_position(corpus, tmp_path):
@@ -105,9 +106,9 @@ def test_a_killed_trial_resumes_at_the_same_step_and_stream_position(corpus, tmp
     killed, _ = run_trial(corpus, config, checkpoint_root=tmp_path / "ck", stop_after=3)  # groups 1-3; ckpt at 8
     resumed, _ = run_trial(corpus, config, checkpoint_root=tmp_path / "ck")
     assert [r["step"] for r in killed] == [4, 8, 12] and [r["step"] for r in resumed] == [12, 16]
-    keys = ("train_loss", "val_mlm_loss", "val_mlm_accuracy", "train_lr")
+    keys = ("train_loss", "val_mlm_loss", "val_mlm_accuracy", "train_lr", "best_val")
     assert [[r[k] for k in keys] for r in resumed] == [[r[k] for k in keys] for r in reference[2:]]
-    meta = json.loads(next((tmp_path / "ck").iterdir()).joinpath("pretrain.json").read_text())
+    meta = json.loads(next((tmp_path / "ck").iterdir()).joinpath(META_FILE).read_text())
     assert meta["step"] == 16 and meta["streams"][0]["batch"] > 0
 
 
@@ -118,8 +119,8 @@ def test_checkpoint_of_another_vocabulary_is_refused(corpus, tmp_path):
     config = tiny_config(max_steps=4, eval_every=4, checkpoint_every=4, max_epochs=1)
     run_trial(corpus, config, checkpoint_root=tmp_path / "ck")
     folder = checkpoint_folder_for(str(tmp_path / "ck"), 3, {**config, "seed": 3})
-    meta = json.loads((folder / "pretrain.json").read_text())
-    (folder / "pretrain.json").write_text(json.dumps({**meta, "vocabulary_fingerprint": "0" * 16}))
+    meta = json.loads((folder / META_FILE).read_text())
+    (folder / META_FILE).write_text(json.dumps({**meta, "vocabulary_fingerprint": "0" * 16}))
     with pytest.raises(InputError, match="another gene vocabulary"):
         run_trial(corpus, config, checkpoint_root=tmp_path / "ck")
 
@@ -130,3 +131,62 @@ def test_bad_pretraining_settings_are_one_line_errors(corpus):
     for key, value in (("max_steps", 0), ("eval_every", "often"), ("mask_prob", 1.5)):
         with pytest.raises(ConfigError, match=key):
             run_trial(corpus, tiny_config(**{key: value}))
+
+
+# ---- omicsweep pretrain: tracked run, leaderboard section, reproduce, sweep with ASHA ---------------------------
+TINY_SETS = ["--set", "dim=16", "--set", "depth=1", "--set", "heads=2", "--set", "dim_head=8", "--set",
+             "nb_features=8", "--set", "val_cells=32", "--set", "lr=3e-3"]
+
+
+def _trial_runs(runs: Path):
+    from omicsweep.reports.tracking import _client, default_tracking_uri
+    from omicsweep.schema import ROLE_TAG, TRIAL_ROLE
+
+    client = _client(default_tracking_uri(runs))
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return client, client.search_runs(experiments, filter_string=f"tags.`{ROLE_TAG}` = '{TRIAL_ROLE}'")
+
+
+@pytest.mark.slow
+def test_pretrain_run_is_tracked_on_its_own_leaderboard_section_and_reproduces(ray_session, corpus, tmp_path, cli):
+    import polars as pl
+
+    from omicsweep.schema import CHECKPOINT_ARTIFACTS, MLM_ACCURACY, MLM_BASELINE_ACCURACY, MLM_LOSS, METRIC_TAG
+
+    runs = tmp_path / "runs"
+    code, stdout, stderr = cli("pretrain", "--corpus", corpus, "--runs", runs, "--max-steps", 8, "--eval-every", 4,
+                               *TINY_SETS)
+    assert code == 0, stderr
+    client, (trial,) = _trial_runs(runs)
+    assert trial.data.tags[METRIC_TAG] == MLM_LOSS
+    history = client.get_metric_history(trial.info.run_id, MLM_LOSS)
+    assert [m.step for m in history] == [1, 2]
+    assert {MLM_ACCURACY, MLM_BASELINE_ACCURACY, "train_tokens_per_s", "train_cells_per_s"} <= set(trial.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(trial.info.run_id, CHECKPOINT_ARTIFACTS)}
+    assert {f"{CHECKPOINT_ARTIFACTS}/{MODULE_FILE}", f"{CHECKPOINT_ARTIFACTS}/{META_FILE}"} <= artifacts
+    board = pl.read_csv(runs / "leaderboard.csv")
+    section = board.filter(pl.col("metric") == MLM_LOSS)
+    assert section["model"].to_list() == ["scbert_pretrain"]
+    assert section[MLM_LOSS][0] == pytest.approx(-trial.data.metrics["best_val"])
+    assert section[MLM_BASELINE_ACCURACY][0] == pytest.approx(trial.data.metrics[MLM_BASELINE_ACCURACY])
+    assert "val MLM loss" in stdout and "baseline acc" in stdout
+    code, stdout, stderr = cli("reproduce", trial.info.run_id, "--runs", runs)
+    assert code == 0 and "match exactly" in stdout, stdout + stderr
+
+
+@pytest.mark.slow
+def test_pretraining_sweep_with_asha_completes(ray_session, corpus, tmp_path, cli):
+    import polars as pl
+
+    from omicsweep.schema import MLM_LOSS, SCHEDULER_TAG
+
+    runs = tmp_path / "runs"
+    code, stdout, stderr = cli("pretrain", "--corpus", corpus, "--runs", runs, "--trials", 3, "--concurrency", 2,
+                               "--max-steps", 12, "--eval-every", 4, *TINY_SETS)
+    assert code == 0, stderr
+    client, trials = _trial_runs(runs)
+    assert len(trials) == 3 and all(t.info.status == "FINISHED" for t in trials)
+    assert len({t.data.params["lr"] for t in trials} | {t.data.params["mask_prob"] for t in trials}) > 1
+    row = pl.read_csv(runs / "leaderboard.csv").filter(pl.col("metric") == MLM_LOSS).row(0, named=True)
+    assert row["trials_finished"] == 3 and row["search"] == "tpe/asha"
+    assert row[MLM_LOSS] == pytest.approx(min(-t.data.metrics["best_val"] for t in trials))

@@ -36,6 +36,7 @@ import torch
 
 from omicsweep.benchmark.pretrain_checkpoint import vocabulary_fingerprint
 from omicsweep.errors import ConfigError, InputError
+from omicsweep.schema import MLM_ACCURACY, MLM_BASELINE_ACCURACY, MLM_LOSS, SEARCH_METRIC, THROUGHPUT_KEYS
 
 # a checkpoint's files (benchmark/pretrain_checkpoint.py): the float32 module fine-tuning loads (weights_only); config,
 # vocabulary fingerprint, genes count, step, every rank's stream position; optimiser (one process / DDP) and schedule
@@ -293,11 +294,11 @@ def _write_and_files(folder: Path | None, args: dict[str, Any], rank: int):
 
     scratch = None if folder is not None else Path(tempfile.mkdtemp(prefix="omicsweep-pretrain-"))
     saved = save_pretrain_state(folder if folder is not None else scratch / "ckpt", **args)
-    if rank != 0:
-        return None
-    contents = {name: (saved / name).read_bytes() for name in (MODULE_FILE, META_FILE, STATE_FILE)}
+    contents = {name: (saved / name).read_bytes() for name in (MODULE_FILE, META_FILE, STATE_FILE)} if rank == 0 else {}
     if scratch is not None:
         shutil.rmtree(scratch, ignore_errors=True)
+    if rank != 0:
+        return None
     return {name: (lambda path, data=data: Path(path).write_bytes(data)) for name, data in contents.items()}
 
 

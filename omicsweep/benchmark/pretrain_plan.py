@@ -13,9 +13,10 @@ from typing import Any
 
 from omicsweep.benchmark.plan import Plan, SweepOptions, _request
 from omicsweep.errors import ConfigError, InputError
+from omicsweep.schema import COMMAND_TAG, MLM_LOSS, PRETRAIN_COMMAND, VAL_PREFIX
 
 PRETRAIN_MODEL = "scbert_pretrain"
-PRETRAIN_METRIC = "mlm_loss"  # METRIC_TAG: val_mlm_loss (lower is better)
+PRETRAIN_METRIC = MLM_LOSS.removeprefix(VAL_PREFIX)  # METRIC_TAG: val_mlm_loss (lower is better)
 
 
 def pretrain_options(*, corpus, runs, trials: int | None, max_steps: int | None, eval_every: int | None,
@@ -58,7 +59,7 @@ def build_pretrain_plan(options: SweepOptions, *, resuming: bool = False) -> Pla
     key = sweep_key(_name(options.dataset), PRETRAIN_MODEL)
     previous = (load_state(options.runs) if resuming else {}).get(key, {})
     plan = Plan(options=dataclasses.replace(options, max_epochs=groups), requests=[], resuming=resuming,
-                notes=notes, overrides=", ".join(f"{k}={v}" for k, v in overrides.items()) or "none")
+                notes=notes, tags={COMMAND_TAG: PRETRAIN_COMMAND}, overrides=", ".join(f"{k}={v}" for k, v in overrides.items()) or "none")
     if previous.get("status") == "finished":
         plan.kept.append(key)
         return plan

@@ -23,11 +23,11 @@ from typing import Any
 from omicsweep.benchmark.trial import TrialContext, execute_trial, training_setup
 from omicsweep.environment import git_commit, package_versions
 from omicsweep.errors import InputError
-from omicsweep.schema import EPOCHS_RUN, LOGGED_PREFIXES, RESOURCE_KEYS, SEARCH_METRIC
+from omicsweep.schema import EPOCHS_RUN, LOGGED_PREFIXES, RESOURCE_KEYS, SEARCH_METRIC, THROUGHPUT_KEYS
 
 COMPARED_PREFIXES = LOGGED_PREFIXES
 COMPARED_KEYS = (SEARCH_METRIC, "epoch")
-NOT_COMPARED = {"epoch_time_s", "time_total_s", "overhead_s", EPOCHS_RUN, *RESOURCE_KEYS}
+NOT_COMPARED = {"epoch_time_s", "time_total_s", "overhead_s", EPOCHS_RUN, *RESOURCE_KEYS, *THROUGHPUT_KEYS}
 
 
 @dataclass

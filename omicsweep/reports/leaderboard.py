@@ -27,7 +27,7 @@ from omicsweep.reports import stats
 from omicsweep.reports.tracking import _client
 from omicsweep.schema import (
     CHECKPOINT_ARTIFACTS, COMMAND_TAG, DATASET_TAG, DEGENERATE_METRIC, ERROR_TAG, FINGERPRINT_TAG, METRIC_TAG,
-    MODEL_TAG, PARENT_TAG, PREDICTIONS_FILE, RERUN_OF_TAG, RERUN_PREDICTIONS, RERUN_ROLE, ROLE_TAG, SCHEDULER_TAG,
+    MLM_ACCURACY, MLM_BASELINE_ACCURACY, MLM_LOSS, MODEL_TAG, PARENT_TAG, PREDICTIONS_FILE, RERUN_OF_TAG, RERUN_PREDICTIONS, RERUN_ROLE, ROLE_TAG, SCHEDULER_TAG,
     SEARCH_METRIC, SEARCHER_TAG, SEED_TAG, SWEEP_ROLE, TEST_PREFIX, TRAIN_COMMAND, TRAINING_SETUP_TAG, TRIAL_ID_TAG,
     TRIAL_ROLE, VAL_PREFIX,
 )
@@ -62,6 +62,9 @@ SCHEMA = {
     "best_run_id": pl.String, "best_params": pl.String,
     # the collapse check (benchmark.metrics.prediction_collapse): the best trial's flag, flagged trials of the row
     "degenerate": pl.Boolean, "test_pred_top_share": pl.Float64, "degenerate_trials": pl.Int64,
+    # a pretraining section (metric val_mlm_loss): the best trial's lowest validation MLM loss (-best_val), its
+    # last MLM accuracy and the most-common-bin baseline's on the same masked cells
+    MLM_LOSS: pl.Float64, MLM_ACCURACY: pl.Float64, MLM_BASELINE_ACCURACY: pl.Float64,
 }
 SUMMARY_SCHEMA = {
     "model": pl.String, "kind": pl.String, "search": pl.String, "role": pl.String, "mean_scaled_score": pl.Float64,
@@ -308,6 +311,8 @@ def _record(row: _Row, test_metric: str) -> dict:
         "best_run_id": best.info.run_id if best else None,
         "best_params": _params_text(best) if best else None,
         **_collapse(best, row.finished),
+        MLM_LOSS: -best.data.metrics[SEARCH_METRIC] if best and MLM_LOSS in best.data.metrics else None,
+        **{key: best.data.metrics.get(key) if best else None for key in (MLM_ACCURACY, MLM_BASELINE_ACCURACY)},
     }
 
 

@@ -6,12 +6,25 @@ from __future__ import annotations
 import polars as pl
 
 from omicsweep.reports.leaderboard import summarize
+from omicsweep.schema import MLM_ACCURACY, MLM_BASELINE_ACCURACY, MLM_LOSS
 
 DISPLAY_COLUMNS = ("model", "role", "setup", "val", "test [95% CI]", "scaled", "rank", "bal acc", "collapsed",
                    "acc seeds", "F1 seeds", "p vs top (Holm)", "AUROC", "ok", "failed", "wall s", "CPU s", "peak MB")
 # what a person decides by, fitting a 100-column terminal; the rest with --wide (and always in CSV/Parquet/HTML)
 NARROW_COLUMNS = ("model", "role", "test [95% CI]", "scaled", "acc seeds", "p vs top (Holm)", "ok", "failed")
 SUMMARY_COLUMNS = ("model", "role", "mean scaled score", "mean rank", "datasets (sections)", "failed on")
+# a pretraining section (masked expression, selected by val_mlm_loss: lower is better; no test split)
+MLM_COLUMNS = ("model", "role", "setup", "val MLM loss", "MLM acc", "baseline acc", "ok", "failed", "wall s")
+
+
+def is_pretraining(part: pl.DataFrame) -> bool:
+    return part["metric"][0] == MLM_LOSS
+
+
+def mlm_rows(part: pl.DataFrame) -> list[list[str]]:
+    return [[_name(r), r["role"], r["training_setup"] or "-", _fmt(r[MLM_LOSS]), _fmt(r[MLM_ACCURACY]),
+             _fmt(r[MLM_BASELINE_ACCURACY]), str(r["trials_finished"]), str(r["trials_failed"]),
+             _fmt(r["wall_time_s"], ".0f")] for r in part.iter_rows(named=True)]
 
 
 def _name(row: dict) -> str:
@@ -50,6 +63,11 @@ def summary_rows(summary: pl.DataFrame) -> list[list[str]]:
 def section_caption(part: pl.DataFrame) -> str:
     """What every number of the section came from: store, split, metric, setups, and how to read the columns."""
     first = part.row(0, named=True)
+    if is_pretraining(part):
+        return (f"corpus {first['fingerprint'].split(':', 1)[-1][:12]}; masked expression modelling, best trial by "
+                "its lowest validation MLM loss (lower is better); MLM acc = its last accuracy on the masked "
+                "validation positions; baseline acc = each cell's most common visible non-zero bin on the same "
+                "positions")
     metric = first["metric"].removeprefix("val_")
     n_test = max([n for n in part["n_test"].to_list() if n is not None] or [0])
     seeds = max(part["seeds"].to_list() or [0])
@@ -83,10 +101,10 @@ def render_leaderboard(table: pl.DataFrame, console, *, wide: bool = False) -> N
 
     for _, part in sections(table):
         shown = Table(title=section_title(part), caption=section_caption(part))
-        columns = DISPLAY_COLUMNS if wide else NARROW_COLUMNS
+        columns = MLM_COLUMNS if is_pretraining(part) else DISPLAY_COLUMNS if wide else NARROW_COLUMNS
         for column in columns:
             shown.add_column(column, justify="left" if column in ("model", "role", "setup") else "right")
-        for cells in display_rows(part, columns):
+        for cells in mlm_rows(part) if is_pretraining(part) else display_rows(part, columns):
             shown.add_row(*cells)
         console.print(shown)
         for row in part.iter_rows(named=True):
