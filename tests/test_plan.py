@@ -66,6 +66,7 @@ def test_a_grid_plan_is_every_dataset_with_the_models_that_fit_its_task(pbmc_sto
     pairs = [(Path(str(r.store_path)).name, r.model) for r in plan.requests]
     assert pairs == [(Path(pbmc_store).name, "majority"), (Path(pair_store).name, "majority"),
                      (Path(pair_store).name, "cnnc")]
+    assert any("cnnc left out" in line for line in plan.notes)
     assert not (tmp_path / "run").exists()
 
 

@@ -246,13 +246,9 @@ def _sweep_spaces(options: SweepOptions, store_path, searcher: str, *, several: 
     from omicsweep.models import models_for_task
 
     store = open_store(store_path)
+    left_out: list[str] = []
     if several:
-        fitting = {e.name for e in models_for_task("all", store.task_kind)}
-        named = [m.strip() for m in options.model.split(",") if m.strip()]
-        wanted = options.model if options.model.strip() == "all" else ",".join(m for m in named if m in fitting)
-        if not wanted:
-            raise ConfigError(f"--model {options.model}: none fits the task of {store_path} ({store.task_kind})")
-        options = dataclasses.replace(options, model=wanted)
+        options, left_out = _models_fitting(options, store, store_path)
     entries = models_for_task(options.model, store.task_kind, where=str(store_path))
     if options.space is not None and len(entries) != 1:
         raise ConfigError("--space applies to a single --model")
@@ -262,7 +258,24 @@ def _sweep_spaces(options: SweepOptions, store_path, searcher: str, *, several: 
                   else spaces[e.name] for e in entries}
     metric = _checked_metric(options.metric or store.default_metric)  # before any model's prepare reads files
     spaces, notes = sweep_settings(entries, spaces, options.settings, store)
-    return store, metric, spaces, notes + searcher_notes(searcher, spaces), ""
+    return store, metric, spaces, left_out + notes + searcher_notes(searcher, spaces), ""
+
+
+def _models_fitting(options: SweepOptions, store, store_path) -> tuple[SweepOptions, list[str]]:
+    """A grid's --model names cut to those that fit this store's task (each name must exist), and a note naming
+    the ones left out."""
+    from omicsweep.models import get_model, models_for_task
+
+    if options.model.strip() == "all":
+        return options, []
+    named = [get_model(m.strip()).name for m in options.model.split(",") if m.strip()]
+    fitting = {e.name for e in models_for_task("all", store.task_kind)}
+    wanted = [m for m in named if m in fitting]
+    if not wanted:
+        raise ConfigError(f"--model {options.model}: none fits the task of {store_path} ({store.task_kind})")
+    left = [m for m in named if m not in fitting]
+    note = [f"{store_path}: {', '.join(left)} left out (no {store.task_kind} task)"] if left else []
+    return dataclasses.replace(options, model=",".join(wanted)), note
 
 
 def _fixed_spaces(options: SweepOptions, store_path, searcher: str, *, several: bool = False):

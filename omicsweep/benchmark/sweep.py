@@ -191,9 +191,10 @@ def _search_alg(request: SweepRequest, dims: dict[str, Any], history: SweepHisto
 
 def tune_config(request: SweepRequest, context: TrialContext, dims: dict[str, Any], history: SweepHistory | None, *,
                 num_samples: int, study: StudyRef | None = None):
-    """How Tune runs the sweep. The searcher, ASHA and the sweep's best all rank trials by one number,
-    `best_val` (the best validation value so far, in every epoch's result), so an ASHA-stopped trial reaches
-    the sampler with its best epoch, not its last. `--scheduler none` runs every trial to max_epochs."""
+    """How Tune would run this sweep alone; a grid (benchmark/grid.py) gives each pair this same searcher
+    (`_search_alg`) and scheduler (`build_scheduler`). The searcher, ASHA and the sweep's best all rank trials by
+    one number, `best_val` (the best validation value so far, in every epoch's result), so an ASHA-stopped trial
+    reaches the sampler with its best epoch, not its last. `--scheduler none` runs every trial to max_epochs."""
     from ray import tune
 
     from omicsweep.benchmark.searchers import build_scheduler
