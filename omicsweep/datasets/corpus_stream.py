@@ -3,7 +3,7 @@
 `TokenStream(store, "train", batch_size=8, seed=0, rank=r, world_size=w)` iterates one epoch of LongTensor
 batches (batch, n_genes + 1) of scBERT expression tokens (datasets/tokens.expression_tokens), computed per batch
 from the CSR rows. Never the whole split: the split's rows are cut into blocks of `block_rows` consecutive rows
-(default: the store's chunk), and only the block being consumed (plus at most one batch carried over) is in memory.
+(default: the store's chunk; smaller where the split has fewer than 4 blocks per rank), and only the block being consumed (plus at most one batch carried over) is in memory.
 
 Order. Epoch e permutes the blocks with numpy's default_rng((seed, e)); rank r takes the permuted blocks
 r, r + w, r + 2w, ... and reads them in that order, rows inside a block shuffled with default_rng((seed, e, block)).
@@ -68,7 +68,11 @@ class TokenStream:
         self.block_rows = int(block_rows or getattr(self.store, "rows_per_chunk", 1024))
         if self.block_rows < 1:
             raise ConfigError(f"block_rows={block_rows!r}: must be a positive integer")
-        self.blocks = _blocks(split_row_ranges(self.store, split, max_cells), self.block_rows)
+        ranges = split_row_ranges(self.store, split, max_cells)
+        # at least 4 blocks per rank where the split allows, so a small split still feeds every rank
+        split_cells = sum(stop - start for start, stop in ranges)
+        self.block_rows = min(self.block_rows, max(1, split_cells // (4 * self.world_size)))
+        self.blocks = _blocks(ranges, self.block_rows)
         self.n_cells = int((self.blocks[:, 1] - self.blocks[:, 0]).sum()) if len(self.blocks) else 0
         if self.n_cells == 0:
             raise InputError(f"{getattr(self.store, 'path', self.store)}: the {split} split has no cells")
