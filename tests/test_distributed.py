@@ -130,7 +130,7 @@ def _schedule_worker(rank: int, port: int, store_path: str, out: str) -> None:
     import torch.distributed as dist
 
     from omicsweep.benchmark.strategies import make_strategy
-    from omicsweep.benchmark.training import SCHEDULES
+    from omicsweep.benchmark.options import SCHEDULES
     from omicsweep.benchmark.trial import TrialContext, execute_trial
 
     # what a launcher (Ray Train's TorchConfig, torchrun) sets before DeepSpeed starts
@@ -164,7 +164,7 @@ def test_deepspeed_trains_every_schedule_at_zero_stages_0_and_2(pbmc_store, tmp_
     (ZeRO wraps the torch optimiser in one a torch scheduler rejects)."""
     import torch.multiprocessing as mp
 
-    from omicsweep.benchmark.training import SCHEDULES
+    from omicsweep.benchmark.options import SCHEDULES
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

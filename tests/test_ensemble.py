@@ -58,7 +58,8 @@ def test_bad_ensemble_size_is_a_config_error(value):
 
 def test_member_zero_trains_exactly_like_the_single_model(pbmc_store):
     """Each member has its own seed, data order and RNG stream, so adding members leaves member 0 unchanged."""
-    from omicsweep.benchmark.training import _make_member, _train_members_one_epoch, make_loss
+    from omicsweep.benchmark.training import _make_member, _train_members_one_epoch
+    from omicsweep.benchmark.training_options import make_loss
 
     inputs = _inputs(pbmc_store, dropout=0.3)
     loss_fn = make_loss(inputs.config, n_classes=inputs.task.n_classes)
@@ -75,7 +76,8 @@ def test_member_zero_trains_exactly_like_the_single_model(pbmc_store):
 
 def test_ensemble_trial_checkpoints_all_members_and_scores_their_average(pbmc_store, tmp_path):
     from omicsweep.benchmark.metrics import classification_metrics
-    from omicsweep.benchmark.training import _eval_batches, build_torch_model, fit_torch, predict_torch
+    from omicsweep.benchmark.training import _eval_batches, fit_torch, predict_torch
+    from omicsweep.models.ensemble import build_torch_model
 
     inputs = _inputs(pbmc_store, ensemble=3, max_epochs=2, patience=5)
     entry = get_model("mlp")

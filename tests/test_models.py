@@ -114,7 +114,8 @@ def _separable(n_per_class: int = 20, n_features: int = 20, n_classes: int = 3, 
 @pytest.mark.parametrize("name, kind", CASES)
 def test_training_lowers_the_loss_and_fits_a_tiny_batch(name, kind, one_thread):
     """torch: 16 samples with arbitrary labels are memorised; estimators: a separable set is fitted (not controls)."""
-    from omicsweep.benchmark.training import make_loss, make_optimizer, train_epoch
+    from omicsweep.benchmark.training import train_epoch
+    from omicsweep.benchmark.training_options import make_loss, make_optimizer
 
     entry = get_model(name)
     task = SAMPLE_TASKS[kind]
@@ -155,7 +156,7 @@ def test_save_then_load_predicts_identically(name, kind, one_thread, tmp_path):
     estimators: a skops file, loaded trusting only the allowed types the file declares (nothing unpickled)."""
     import io
 
-    from omicsweep.benchmark.training import build_torch_model
+    from omicsweep.models.ensemble import build_torch_model
     from omicsweep.models.estimator_state import load_estimator, save_estimator
 
     entry = get_model(name)
@@ -297,7 +298,8 @@ def _synthetic_batch(n: int = 64, n_features: int = 10, n_classes: int = 3):
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
 @pytest.mark.parametrize("loss", ["ce", "weighted_ce", "focal"])
 def test_every_training_option_combination_lowers_the_loss(loss, optimizer, schedule):
-    from omicsweep.benchmark.training import make_loss, make_optimizer, make_scheduler, train_epoch
+    from omicsweep.benchmark.training import train_epoch
+    from omicsweep.benchmark.training_options import make_loss, make_optimizer, make_scheduler
 
     x, y = _synthetic_batch()
     for grad_clip in (0, 1.0):
@@ -322,7 +324,7 @@ def test_every_training_option_combination_lowers_the_loss(loss, optimizer, sche
 
 
 def test_training_options_default_to_plain_adam_and_cross_entropy():
-    from omicsweep.benchmark.training import make_loss, make_optimizer, make_scheduler
+    from omicsweep.benchmark.training_options import make_loss, make_optimizer, make_scheduler
 
     cfg = {"lr": 1e-3, "weight_decay": 1e-4, "max_epochs": 3}
     assert type(make_loss(cfg, n_classes=3)) is torch.nn.CrossEntropyLoss
@@ -332,7 +334,7 @@ def test_training_options_default_to_plain_adam_and_cross_entropy():
 
 
 def test_weighted_ce_uses_balanced_class_weights():
-    from omicsweep.benchmark.training import balanced_class_weights, make_loss
+    from omicsweep.benchmark.training_options import balanced_class_weights, make_loss
 
     labels = np.array([0, 0, 0, 0, 0, 0, 1, 1, 2, 2, 2, 2])  # n = 12, k = 3 present, class 3 absent
     weights = balanced_class_weights(labels, n_classes=4)
@@ -342,7 +344,7 @@ def test_weighted_ce_uses_balanced_class_weights():
 
 
 def test_focal_loss_with_gamma_zero_is_cross_entropy():
-    from omicsweep.benchmark.training import make_loss
+    from omicsweep.benchmark.training_options import make_loss
 
     logits, y = torch.randn(8, 4, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 2, 3] * 2)
     focal0 = make_loss({"loss": "focal", "focal_gamma": 0.0}, n_classes=4)
@@ -353,7 +355,7 @@ def test_focal_loss_with_gamma_zero_is_cross_entropy():
 
 
 def test_step_schedule_halves_every_step_size_epochs_and_cosine_reaches_zero():
-    from omicsweep.benchmark.training import make_optimizer, make_scheduler
+    from omicsweep.benchmark.training_options import make_optimizer, make_scheduler
 
     def lrs(cfg):
         opt = make_optimizer(torch.nn.Linear(2, 2).parameters(), cfg)
@@ -372,7 +374,7 @@ def test_step_schedule_halves_every_step_size_epochs_and_cosine_reaches_zero():
 
 
 def test_sgd_uses_momentum_and_adamw_decoupled_decay():
-    from omicsweep.benchmark.training import make_optimizer
+    from omicsweep.benchmark.training_options import make_optimizer
 
     params = lambda: torch.nn.Linear(2, 2).parameters()  # noqa: E731
     sgd = make_optimizer(params(), {"optimizer": "sgd", "lr": 0.1, "weight_decay": 1e-3})
@@ -383,7 +385,7 @@ def test_sgd_uses_momentum_and_adamw_decoupled_decay():
 
 @pytest.mark.parametrize("key, value", [("loss", "hinge"), ("optimizer", "lbfgs"), ("schedule", "linear")])
 def test_unknown_training_option_is_a_config_error(key, value):
-    from omicsweep.benchmark.training import make_loss, make_optimizer, make_scheduler
+    from omicsweep.benchmark.training_options import make_loss, make_optimizer, make_scheduler
     from omicsweep.errors import ConfigError
 
     cfg = {"lr": 1e-3, "max_epochs": 2, key: value}
@@ -518,7 +520,7 @@ def test_a_model_with_its_own_featuriser_trains_through_the_real_fit_path(token_
 
 
 def test_per_step_schedule_warms_up_then_follows_the_schedule_in_every_parameter_group():
-    from omicsweep.benchmark.training import make_lr_schedule, make_optimizer, model_parameters
+    from omicsweep.benchmark.training_options import make_lr_schedule, make_optimizer, model_parameters
 
     model = _TokenPooler(4, 2)
     cfg = {"lr": 1.0, "max_epochs": 2, "schedule": "cosine", "schedule_unit": "step", "warmup_steps": 3}

@@ -18,26 +18,16 @@ import torch
 from torch import nn
 
 from omicsweep.benchmark.metrics import classification_metrics
-from omicsweep.benchmark.options import (  # noqa: F401 - LOSSES, SCHEDULES, ... re-exported
-    LOSSES, OPTIMIZERS, SCHEDULES, TORCH_CONFIG_KEYS, TRIAL_CONFIG_KEYS, option, validate_options,
-)
+from omicsweep.benchmark.options import LOSSES, TORCH_CONFIG_KEYS, TRIAL_CONFIG_KEYS, option, validate_options
 from omicsweep.benchmark.strategies import Strategy
-from omicsweep.benchmark.training_options import (  # noqa: F401 - re-exported: the loss/optimiser/schedule makers
-    FocalLoss,
-    balanced_class_weights,
-    make_loss,
-    make_lr_schedule,
-    make_optimizer,
-    make_scheduler,
-    model_parameters,
-)
+from omicsweep.benchmark.training_options import make_loss, make_lr_schedule, make_optimizer, model_parameters
 from omicsweep.datasets.loader import CellBatches, load_split, training_batches
 from omicsweep.datasets.transform import ExpressionTransform
 from omicsweep.datasets.resample import apply_class_weight, resample_arrays
 from omicsweep.datasets.store import Store
 from omicsweep.errors import ConfigError
 from omicsweep.models.base import ModelEntry, Task
-from omicsweep.models.ensemble import EnsembleClassifier, build_torch_model, ensemble_size  # noqa: F401 - re-exported
+from omicsweep.models.ensemble import EnsembleClassifier, ensemble_size
 from omicsweep.models.estimator_state import ESTIMATOR_FILE, save_estimator
 from omicsweep.models.featurise import DEFAULT_FEATURISER, as_inputs, run_model
 
@@ -80,7 +70,7 @@ def _common_files(inputs: FitInputs) -> dict[str, Callable[[str], None]]:
 
 
 # ---- torch training options (config keys loss, optimizer, schedule, grad_clip; all optional) --------------------
-# declared once, typed, in benchmark/options.py (LOSSES, OPTIMIZERS, SCHEDULES and the key lists re-exported here)
+# declared once, typed, in benchmark/options.py; the makers live in benchmark/training_options.py
 
 
 def _option(config: dict[str, Any], key: str, allowed: tuple[str, ...]) -> str:
