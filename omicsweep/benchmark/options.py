@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, Mapping, Optional
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from omicsweep.datasets.transform import SCALINGS
-from omicsweep.datasets.pair_store import IMAGE_CONFIG_KEYS
+from omicsweep.datasets.pair_images import IMAGE_CONFIG_KEYS
 from omicsweep.datasets.resample import CLASS_WEIGHTS, RESAMPLES
 from omicsweep.errors import ConfigError
 

@@ -88,7 +88,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 def trained_task(entry, config: dict[str, Any], genes: list[str], n_classes: int, *, value_kind: str | None):
     """The Task the trial built from its store: a pair task's images follow the trial's `bins`, whatever genes.txt
     (written for the store's default bins) lists; a cell task's features are the store's genes."""
-    from omicsweep.datasets.pair_store import image_options, image_shape, pixel_names
+    from omicsweep.datasets.pair_images import image_options, image_shape, pixel_names
     from omicsweep.models import Task
 
     # classes.json's value_kind 'image' is a pair-task store's; a model that takes only pairs says so too

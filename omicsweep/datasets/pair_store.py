@@ -23,14 +23,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from omicsweep.datasets.pair_images import (  # noqa: F401 - image_options, ... re-exported: their old home
-    DEFAULT_BINS,
-    IMAGE_CONFIG_KEYS,
-    PairImages,
-    image_options,
-    image_shape,
-    pixel_names,
-)
+from omicsweep.datasets.pair_images import DEFAULT_BINS, PairImages
 from omicsweep.datasets.store_base import StoreMetadata
 from omicsweep.errors import InputError
 from omicsweep.tasks import GENE_PAIR_IMAGE
