@@ -49,11 +49,11 @@ def tiny_config(**overrides) -> dict:
     return {**space.defaults, **space.tiny, "lr": 3e-3, **overrides}
 
 
-def run_trial(corpus: Path, config: dict, *, checkpoint_root=None, stop_after: int | None = None):
+def run_trial(corpus: Path, config: dict, *, checkpoint_root=None, stop_after: int | None = None, seed: int = 3):
     """Every result of one in-process trial (and its checkpoint files); `stop_after` results, then it raises as a
     killed trial would."""
     context = TrialContext(store_path=str(corpus), fingerprint=open_store(corpus).fingerprint,
-                           model="scbert_pretrain", defaults=config, seed=3, metric="mlm_loss",
+                           model="scbert_pretrain", defaults=config, seed=seed, metric="mlm_loss",
                            checkpoint_root=None if checkpoint_root is None else str(checkpoint_root))
     results, files = [], []
 
@@ -190,3 +190,48 @@ def test_pretraining_sweep_with_asha_completes(ray_session, corpus, tmp_path, cl
     row = pl.read_csv(runs / "leaderboard.csv").filter(pl.col("metric") == MLM_LOSS).row(0, named=True)
     assert row["trials_finished"] == 3 and row["search"] == "tpe/asha"
     assert row[MLM_LOSS] == pytest.approx(min(-t.data.metrics["best_val"] for t in trials))
+
+
+@pytest.mark.slow
+def test_pretrain_resumes_after_the_driver_is_killed(ray_session, corpus, tmp_path, cli):
+    """kill -9 `omicsweep pretrain` after its first checkpoint; `--resume` continues the run from that checkpoint
+    (its first result is the next step group) and ends on the uninterrupted run's final validation loss."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    from ray_procs import end_cluster, ray_env
+
+    from omicsweep.schema import CONFIG_TAG, MLM_LOSS
+
+    runs, temp_dir = tmp_path / "runs", tempfile.mkdtemp(prefix="omr")
+    sets = [*TINY_SETS, "--set", "checkpoint_every=8"]
+    args = [str(Path(sys.executable).parent / "omicsweep"), "pretrain", "--corpus", str(corpus), "--runs", str(runs),
+            "--max-steps", "400", "--eval-every", "4", *sets]
+    driver = subprocess.Popen(args, env=ray_env(RAY_TMPDIR=temp_dir), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while not list((runs / "checkpoints").glob(f"*/{META_FILE}")) and time.time() < deadline:
+            assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
+            time.sleep(0.05)
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        end_cluster(temp_dir)
+    (folder,) = (runs / "checkpoints").iterdir()
+    killed_at = json.loads((folder / META_FILE).read_text())["step"]
+    assert 8 <= killed_at < 400
+    code, stdout, stderr = cli("pretrain", "--resume", runs)
+    assert code == 0, stdout + stderr
+    client, (trial,) = _trial_runs(runs)
+    epochs = [int(m.value) for m in client.get_metric_history(trial.info.run_id, "epoch")]
+    assert epochs[0] == killed_at // 4 + 1 and epochs[-1] == 100
+    config = json.loads(trial.data.tags[CONFIG_TAG])
+    reference, _ = run_trial(corpus, {**config}, seed=0)
+    assert trial.data.metrics[MLM_LOSS] == reference[-1][MLM_LOSS]
