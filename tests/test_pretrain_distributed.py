@@ -227,3 +227,132 @@ def test_checkpoint_of_another_vocabulary_is_refused_naming_the_file(tmp_path):
         with pytest.raises(InputError) as info:
             load()
         assert str(tmp_path / "ckpt" / ckpt.STATE_FILE) in str(info.value) and "vocabulary" in str(info.value)
+
+
+# ---- the real CLI: 2 Ray Train workers, DeepSpeed ZeRO-2 bf16, SIGKILL mid-run, --resume -------------------------
+KILL_STEPS, KILL_EVERY = 24, 4
+TINY_SETTINGS = ["dim=16", "depth=1", "heads=2", "dim_head=8", "nb_features=8", "val_cells=32", "batch_size=8",
+                 "redraw_every=2", f"checkpoint_every={KILL_EVERY}"]
+
+
+@pytest.fixture(scope="module")
+def synth_corpus(tmp_path_factory) -> Path:
+    """A 200-gene corpus from `omicsweep datasets synth --vocab` (the real CLI)."""
+    from typer.testing import CliRunner
+
+    from omicsweep.cli import app
+
+    folder = tmp_path_factory.mktemp("corpus")
+    (folder / "vocab.txt").write_text("\n".join(f"G{i}" for i in range(200)) + "\n")
+    result = CliRunner().invoke(app, ["datasets", "synth", "--out", str(folder / "corpus.zarr"), "--cells", "2000",
+                                      "--vocab", str(folder / "vocab.txt"), "--nnz", "40", "--types", "4"])
+    assert result.exit_code == 0, result.stdout + result.stderr
+    return folder / "corpus.zarr"
+
+
+def _checkpoint_step(runs: Path) -> int:
+    from omicsweep.benchmark.pretrain_checkpoint import STATE_FILE
+
+    steps = [json.loads(p.read_text())["step"] for p in (runs / "checkpoints").glob(f"*/{STATE_FILE}")]
+    return max(steps, default=0)
+
+
+def _kill_by_environment(marker: str) -> None:
+    """SIGKILL the processes whose environment holds `marker` (those this test started: Ray workers call setsid,
+    so a process-group kill misses them, and setproctitle hides their command line from ray_procs), then wait
+    until they are gone: left alone they train on for seconds and write later checkpoints."""
+    import os
+    import signal
+    import time
+
+    def matching() -> list[int]:
+        found = []
+        for pid in (int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()):
+            try:
+                if marker.encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                    found.append(pid)
+            except OSError:
+                pass
+        return found
+
+    deadline = time.time() + 20
+    while (pids := matching()) and time.time() < deadline:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
+    assert not matching(), "processes of the killed run survived"
+
+
+def _trial_runs(runs: Path) -> list:
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{runs / 'mlflow.db'}")
+    found = []
+    for experiment in client.search_experiments():
+        for run in client.search_runs([experiment.experiment_id]):  # active runs only: deleted ones are not shown
+            if run.data.tags.get("omicsweep.role") == "trial":
+                # "epoch" of a pretraining result: its step group, ceil(step / eval_every)
+                groups = [int(m.value) for m in client.get_metric_history(run.info.run_id, "epoch")]
+                found.append({"status": run.info.status, "groups": sorted(groups), "tags": run.data.tags})
+    return found
+
+
+@pytest.mark.slow
+def test_sigkilled_zero2_pretraining_resumes_from_its_last_checkpoint(cli, ray_session, synth_corpus, tmp_path):
+    """`omicsweep pretrain --workers-per-trial 2 --deepspeed docs/ds_zero2.json` as a process group, SIGKILLed
+    after its first checkpoint; `omicsweep pretrain --resume RUNS` continues from that checkpoint's step and stream
+    position to the same step count, with one trial run in MLflow."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    from ray_procs import end_cluster, ray_env
+
+    from omicsweep.benchmark.pretrain_checkpoint import STATE_FILE
+
+    runs, temp_dir = tmp_path / "runs", tempfile.mkdtemp(prefix="omr")
+    ds = Path(__file__).parents[1] / "docs" / "ds_zero2.json"
+    accumulation = json.loads(ds.read_text())["gradient_accumulation_steps"]
+    args = [str(Path(sys.executable).parent / "omicsweep"), "pretrain", "--corpus", str(synth_corpus), "--runs",
+            str(runs), "--workers-per-trial", "2", "--cpus-per-trial", "0.5", "--deepspeed", str(ds),
+            "--max-steps", str(KILL_STEPS), "--eval-every", str(KILL_EVERY)]
+    for setting in TINY_SETTINGS:
+        args += ["--set", setting]
+    driver = subprocess.Popen(args, env=ray_env(RAY_TMPDIR=temp_dir), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.time() + 400
+        while _checkpoint_step(runs) == 0 and time.time() < deadline and driver.poll() is None:
+            time.sleep(0.2)
+        assert driver.poll() is None, f"ended before the kill: {driver.stderr.read().decode()[-3000:]}"
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and everything in its process group (gcs, raylet)
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        end_cluster(temp_dir)
+        _kill_by_environment(f"RAY_TMPDIR={temp_dir}")  # its Ray workers: own sessions, retitled command lines
+    killed_at = _checkpoint_step(runs)
+    assert 0 < killed_at < KILL_STEPS, killed_at
+
+    code, stdout, stderr = cli("pretrain", "--resume", runs)
+    assert code == 0, stdout + stderr
+    [folder] = [p.parent for p in (runs / "checkpoints").glob(f"*/{STATE_FILE}")]
+    state = json.loads((folder / STATE_FILE).read_text())
+    assert state["step"] == KILL_STEPS and state["strategy"] == "deepspeed zero=2" and state["world_size"] == 2
+    # each rank read its own shard, and as far as an uninterrupted run: steps x accumulation micro-batches
+    assert [(s["rank"], s["batch"]) for s in state["streams"]] == [(r, KILL_STEPS * accumulation) for r in (0, 1)]
+    assert sorted(p.name for p in (folder / "deepspeed" / f"step{KILL_STEPS}").iterdir()) == [
+        "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt", "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt",
+        "mp_rank_00_model_states.pt"]
+    [trial] = _trial_runs(runs)  # the killed attempt's run was replaced, not duplicated
+    assert trial["status"] == "FINISHED"
+    # continued from the checkpoint: its first step group is the one after the checkpoint's step
+    assert trial["groups"][0] == killed_at // KILL_EVERY + 1, (killed_at, trial["groups"])
+    assert trial["groups"][-1] == KILL_STEPS // KILL_EVERY, trial["groups"]
