@@ -169,6 +169,30 @@ def test_prepare_pins_the_absolute_path_and_hash_and_build_refuses_unnamed_genes
         entry.build({"graph": str(edge_file), "n_layers": 1, "size_1": 8}, Task(n_features=len(GENES), n_classes=3))
 
 
+def test_build_opens_no_file_the_graph_prepare_read_reaches_it_through_the_task(edge_file):
+    entry = get_model("gcn_smooth")
+    task = Task(n_features=len(GENES), n_classes=3, genes=GENES)
+    base = {"graph_diagonal": 0, "graph_norm": "max", "input_genes": "graph", "gene_dim": 3, "individual_k": 2,
+            "key_dim": 2, "n_layers": 1, "size_1": 8, "dropout": 0.0}
+    additions, _ = entry.prepared({**base, "graph": str(edge_file)}, task)
+    edge_file.unlink()  # prepare read it; neither the entry's build nor an ensemble of them reads it again
+    config = {**base, **additions}
+    model = entry.build(config, task)
+    assert model.classifier[0].in_features == 6 and model._graph["neighbours"][0].tolist() == [1, 2]
+    from omicsweep.models.ensemble import build_torch_model
+
+    assert len(build_torch_model(entry, {**config, "ensemble": 2}, task).members) == 2
+    graph = entry.load_priors(config, task)["graph"]
+    assert graph.sha256 == additions["graph_sha256"]
+    # the model's own builder takes the graph from the task and nothing else
+    plain = entry.build.builder(config, Task(len(GENES), 3, genes=GENES, priors={"graph": graph}))
+    assert plain.classifier[0].in_features == 6
+    from omicsweep.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="not loaded"):
+        entry.build.builder(config, task)
+
+
 def test_sweep_with_an_unusable_graph_is_one_line_exit_2(cli, pbmc_store, tmp_path):
     bad = tmp_path / "edges.tsv"
     bad.write_text("symbol_a\tsymbol_b\tcombined_score\nFOO\tBAR\t5\n")

@@ -6,10 +6,10 @@ The CLI, the sweep, the tests and the leaderboard find it through the registry; 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Mapping
 
 from omicsweep.errors import ConfigError, UnknownNameError
 from omicsweep.tasks import CELL_CLASSIFICATION, GENE_PAIR_IMAGE  # noqa: F401 - re-exported
@@ -28,6 +28,9 @@ class Task:
     genes: tuple[str, ...] = field(default=(), repr=False)
     # one sample's shape before the loader flattens it to n_features, e.g. (1, bins, bins) for a gene-pair image
     input_shape: tuple[int, ...] = ()
+    # what the entry's `load_priors` read for a configuration (e.g. {"graph": GeneGraph}): a build reads its
+    # priors from here and opens no file
+    priors: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,9 @@ class ModelEntry:
     e.g. a backbone and a head at different learning rates). family 'estimator': build returns a
     scikit-learn-style object with fit(X, y) and predict_proba(X) on the default featuriser's dense rows.
 
-    `build` does no file I/O: priors (a gene graph, a pretrained checkpoint) are checked and pinned by `prepare`.
+    `build` does no file I/O: priors (a gene graph, a pretrained checkpoint) are checked and pinned by `prepare`
+    and read by `load_priors` into `task.priors` before `build` sees the task (`entry.build` does that for every
+    caller: the trial, predict, the plan's checks, the tests).
     """
 
     name: str
@@ -56,6 +61,14 @@ class ModelEntry:
     # what the model eats (models/featurise.py): a Featuriser or a function (batch_csr, genes, transform) -> dict
     # of tensors; None is the dense scaled vector under key "x"
     featuriser: Any = None
+    # optional: load_priors(config, task) -> dict of the priors a build needs (a gene graph aligned to the task's
+    # genes), called when the task has none; a model caches them per process, so `prepare`'s read is the only one
+    # on the driver and ensemble members share one read
+    load_priors: Callable[[dict[str, Any], Task], dict[str, Any]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.load_priors is not None:
+            object.__setattr__(self, "build", _with_priors(self.build, self.load_priors))
 
     @property
     def featurise(self):
@@ -76,6 +89,18 @@ class ModelEntry:
     @property
     def space_file(self) -> Path:
         return Path(str(resources.files("omicsweep.search_spaces") / f"{self.name}.yaml"))
+
+
+def _with_priors(build: Callable[[dict[str, Any], Task], Any], load_priors: Callable) -> Callable:
+    """`build` handed a task holding its priors: the loader runs first when the task comes without them."""
+
+    def build_with_priors(config: dict[str, Any], task: Task) -> Any:
+        if not task.priors:
+            task = replace(task, priors=load_priors(config, task))
+        return build(config, task)
+
+    build_with_priors.builder = build  # the model's own builder, which opens no file
+    return build_with_priors
 
 
 _REGISTRY: dict[str, ModelEntry] = {}

@@ -17,6 +17,8 @@ memory is cells x graph genes x k x (gene_dim + key_dim) floats instead of cells
 Without a graph (`graph: null`, or `none`) the model has no prior: no graph genes (so input_genes=graph means all
 genes) and no individual graph; the GCN sees only the diagonal, and the model is the FC over lifted per-gene
 features. That is the documented fallback the conformance tests run; `prepare` says so before a sweep.
+The graph is read by `prepare` (once, on the driver) or `load_priors` (once per worker process) and reaches
+`build` in `task.priors`: `build` opens no file.
 A configured graph that cannot be used (missing, malformed, no gene matched) is an InputError before any trial.
 """
 
@@ -223,9 +225,11 @@ class GeneGraphSmoother(nn.Module):
         return self.classifier(self._inputs(x) + smoothed)  # residual fusion: the input itself plus its smoothing
 
 
-def _graph_for(config: dict[str, Any], task: Task):
-    from omicsweep.datasets.graphs import load_gene_graph
+GRAPHS_KEPT = 2  # aligned graphs cached per process (a STRING graph on 20k genes is tens of MB)
+_GRAPHS: dict[tuple, Any] = {}
 
+
+def _graph_key(config: dict[str, Any], task: Task) -> tuple | None:
     location = graph_location(config)
     if location is None:
         return None
@@ -234,8 +238,33 @@ def _graph_for(config: dict[str, Any], task: Task):
             f"gcn_smooth: graph={location} needs the dataset's gene names to align it "
             f"(the task has {len(task.genes)} names for {task.n_features} features)"
         )
-    return load_gene_graph(location, task.genes, diagonal=int(config.get("graph_diagonal", 0)),
-                           expect_sha256=config.get("graph_sha256"))
+    from pathlib import Path
+
+    return str(Path(location).expanduser().resolve()), int(config.get("graph_diagonal", 0)), tuple(task.genes)
+
+
+def _read_graph(config: dict[str, Any], task: Task, key: tuple):
+    from omicsweep.datasets.graphs import load_gene_graph
+
+    graph = load_gene_graph(graph_location(config), task.genes, diagonal=key[1],
+                            expect_sha256=config.get("graph_sha256"))
+    while len(_GRAPHS) >= GRAPHS_KEPT:
+        _GRAPHS.pop(next(iter(_GRAPHS)))
+    _GRAPHS[key] = graph
+    return graph
+
+
+def load_priors(config: dict[str, Any], task: Task) -> dict[str, Any]:
+    """{"graph": the aligned GeneGraph, or None}: the one read `prepare` made in this process, else read once
+    (a trial's worker process); a cached graph of another content than the pinned `graph_sha256` is read again."""
+    key = _graph_key(config, task)
+    if key is None:
+        return {"graph": None}
+    cached = _GRAPHS.get(key)
+    pinned = config.get("graph_sha256")
+    if cached is not None and (pinned is None or cached.sha256 == pinned):
+        return {"graph": cached}
+    return {"graph": _read_graph(config, task, key)}
 
 
 def hidden_sizes(config: dict[str, Any]) -> tuple[int, ...]:
@@ -246,7 +275,11 @@ def hidden_sizes(config: dict[str, Any]) -> tuple[int, ...]:
 
 
 def build(config: dict[str, Any], task: Task) -> nn.Module:
-    graph = _graph_for(config, task)
+    """The model over `task.priors["graph"]` (load_priors); opens no file."""
+    if graph_location(config) is not None and "graph" not in task.priors:
+        raise ConfigError(f"gcn_smooth: graph={graph_location(config)} is not loaded; build through the registry "
+                          "(get_model('gcn_smooth').build), which runs load_priors")
+    graph = task.priors.get("graph")
     return GeneGraphSmoother(
         task.n_features, task.n_classes, adjacency=None if graph is None else graph.adjacency,
         graph_diagonal=int(config.get("graph_diagonal", 0)), graph_norm=str(config.get("graph_norm", "max")),
@@ -257,8 +290,10 @@ def build(config: dict[str, Any], task: Task) -> nn.Module:
 
 
 def prepare(config: dict[str, Any], task: Task) -> tuple[dict[str, Any], list[str]]:
-    """Before a sweep: check the graph against the dataset's genes, pin its absolute path and content hash."""
-    graph = _graph_for(config, task)
+    """Before a sweep: read the graph once (kept for this process's builds), check it against the dataset's
+    genes, pin its absolute path and content hash."""
+    key = _graph_key(config, task)
+    graph = None if key is None else _read_graph(config, task, key)
     if graph is None:
         return {}, ["gcn_smooth: no gene graph configured (graph: null), so no prior graph is used; "
                     "pass --set graph=EDGE_LIST (.tsv[.gz] or a folder holding one) to smooth over one"]
@@ -271,6 +306,7 @@ register(
         family="torch",
         build=build,
         prepare=prepare,
+        load_priors=load_priors,
         description="per-gene GCN smoothing over a gene graph (global + per-cell top-k), residual, FC (study 002)",
     )
 )
