@@ -235,3 +235,19 @@ def test_pretrain_resumes_after_the_driver_is_killed(ray_session, corpus, tmp_pa
     config = json.loads(trial.data.tags[CONFIG_TAG])
     reference, _ = run_trial(corpus, {**config}, seed=0)
     assert trial.data.metrics[MLM_LOSS] == reference[-1][MLM_LOSS]
+
+
+@pytest.mark.parametrize("args, needles", [
+    ([], ["--corpus"]),
+    (["--corpus", "{tmp}/none.zarr"], ["none.zarr", "not found"]),
+    (["--corpus", "{corpus}", "--set", "mask_prob=2"], ["mask_prob"]),
+    (["--corpus", "{corpus}", "--set", "attention=flash"], ["attention", "favor, exact"]),
+    (["--corpus", "{corpus}", "--set", "gene_embedding=gene2vec"], ["gene2vec=PATH"]),
+    (["--corpus", "{corpus}", "--set", "gene_embedding=gene2vec", "--set", "gene2vec={tmp}/g2v.txt"], ["g2v.txt"]),
+])
+def test_bad_pretrain_input_is_one_line_exit_2_and_writes_nothing(corpus, tmp_path, cli, args, needles):
+    from conftest import assert_one_line_error
+
+    args = [a.format(tmp=tmp_path, corpus=corpus) for a in args]
+    assert_one_line_error(*cli("pretrain", "--runs", tmp_path / "runs", *args), *needles)
+    assert not (tmp_path / "runs").exists()
