@@ -165,9 +165,9 @@ def _checkpoint_worker(rank: int, port: int, name: str, out: str) -> None:
         resumed = _train(strategy, model, optimizer, scheduler, start=4, micro_batches=4, accumulation=accumulation)
         same_projections = all(torch.equal(a, block.attn.projection)
                                for a, block in zip(projections, strategy.module(model).layers))
+        torch.save(projections, Path(out) / f"{name}-rank{rank}-projections.pt")
         result = {"reference": reference, "resumed": resumed, "step": state.step, "stream": state.stream(rank),
                   "extra": state.extra, "strategy": state.strategy, "same_projections": same_projections,
-                  "projection_sum": float(sum(p.double().sum() for p in projections)),
                   "lr": strategy.torch_optimizer(model, optimizer).param_groups[0]["lr"]}
         (Path(out) / f"{name}-rank{rank}.json").write_text(json.dumps(result))
     finally:
@@ -202,12 +202,17 @@ def test_checkpoint_resumes_training_exactly_under_every_strategy(name, tmp_path
         assert result["resumed"] == pytest.approx(result["reference"], rel=1e-5, abs=1e-6), (name, rank, result)
         assert result["step"] == 4 // accumulation and result["stream"] == {"epoch": 0, "batch": 4, "rank": rank}
         assert result["extra"] == {"best": 1.5} and result["same_projections"]
-    assert len({r["projection_sum"] for r in results}) == 1  # redrawn identically on every rank
+    # FAVOR+ features redrawn (every 2 optimiser steps) identically on every rank, and not the initial draw
+    from omicsweep.models.performer import Performer, feature_generator, orthogonal_random_features
+
+    drawn = [torch.load(tmp_path / f"{name}-rank{rank}-projections.pt", weights_only=True)
+             for rank in range(len(results))]
+    assert all(torch.equal(a, b) for other in drawn[1:] for a, b in zip(drawn[0], other))
+    initial = orthogonal_random_features(*drawn[0][0].shape, generator=feature_generator(PERFORMER["seed"], 0, 0))
+    assert not torch.equal(drawn[0][0].float(), initial)
     assert len({r["lr"] for r in results}) == 1
     module = ckpt.load_module_state(tmp_path / "ckpt", vocabulary_fingerprint=ckpt.vocabulary_fingerprint(VOCAB))
     assert all(v.dtype in (torch.float32, torch.long) for v in module.values())
-    from omicsweep.models.performer import Performer
-
     Performer(**PERFORMER).load_state_dict(module)  # the plain module takes it as is (fine-tuning's path)
     assert ckpt.read_state(tmp_path / "ckpt").strategy == results[0]["strategy"]
     assert not [p for p in tmp_path.rglob(".*")]  # no staging folder left
@@ -356,3 +361,12 @@ def test_sigkilled_zero2_pretraining_resumes_from_its_last_checkpoint(cli, ray_s
     # continued from the checkpoint: its first step group is the one after the checkpoint's step
     assert trial["groups"][0] == killed_at // KILL_EVERY + 1, (killed_at, trial["groups"])
     assert trial["groups"][-1] == KILL_STEPS // KILL_EVERY, trial["groups"]
+
+
+def test_pretrain_with_unknown_deepspeed_key_exits_2_naming_file_and_key(cli, synth_corpus, tmp_path):
+    bad = tmp_path / "ds.json"
+    bad.write_text(json.dumps({"zero_optimization": {"stage": 2}, "bf16": {"enabled": True},
+                               "gradient_accumulation_step": 2}))
+    assert_one_line_error(*cli("pretrain", "--corpus", synth_corpus, "--workers-per-trial", "2", "--deepspeed", bad,
+                               "--runs", tmp_path / "runs"), "ds.json", "gradient_accumulation_step")
+    assert not (tmp_path / "runs").exists()
