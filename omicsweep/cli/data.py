@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -21,62 +21,52 @@ def _parse_fractions(text: str) -> tuple[float, float, float]:
     return parts  # type: ignore[return-value]
 
 
+# `omicsweep ingest`'s options, declared once here so the command's signature is one line per option
+Input = Annotated[Path, typer.Argument(
+    help="expression input: .h5ad, AnnData .zarr folder, 10x mtx folder, 10x .h5, .loom, .csv/.tsv[.gz], "
+    ".gct[.gz], .gctx, or a plain HDF5 matrix (X + label vectors)")]
+LabelCol = Annotated[str, typer.Option(
+    "--label-col", help="the labels: an obs column / table column or row / GCT column-metadata field / HDF5 "
+    "vector; with --labels, the column of that file")]
+OutStore = Annotated[str, typer.Option(
+    "--out", help="zarr store to write: STORE.zarr, or an fsspec URL (s3://bucket/STORE.zarr; uploaded when "
+    "complete, root zarr.json last)")]
+StorageOptions = Annotated[Optional[str], typer.Option(
+    "--storage-options", help='URL --out: fsspec options as JSON, e.g. \'{"endpoint_url": "http://127.0.0.1:9000"}\' '
+    "(default: $OMICSWEEP_STORAGE_OPTIONS, then the filesystem's own environment)")]
+InputFormat = Annotated[Optional[str], typer.Option(
+    "--format", help="h5ad, zarr, 10x-mtx, 10x-h5, loom, csv, tsv, gct, gctx or hdf5 (default: detected from the path)")]
+Orient = Annotated[str, typer.Option(
+    "--orient", help="csv/tsv/hdf5: cells are the 'rows' or the 'columns' of the matrix; auto: from the labels")]
+LabelsFile = Annotated[Optional[Path], typer.Option(
+    "--labels", help="file of cell id + label, joined by cell id (--label-col names its column)")]
+Layer = Annotated[Optional[str], typer.Option("--layer", help="use this layer instead of X")]
+Raw = Annotated[bool, typer.Option("--raw", help="use .raw.X instead of X")]
+Split = Annotated[str, typer.Option("--split", help="train,val,test fractions (stratified, or by group)")]
+SplitSeed = Annotated[int, typer.Option("--seed", help="seed of the split")]
+Preprocess = Annotated[Optional[str], typer.Option(
+    "--preprocess", help="recipes in order, comma-separated: normalize_log1p (counts: normalize_total 1e4 + log1p), "
+    "hvg:N (N highly variable genes fitted on the training split), genes:FILE (keep the genes listed in FILE), "
+    "scbert_tokens (scBERT's expression tokens 0..5)")]
+DropLabels = Annotated[Optional[str], typer.Option(
+    "--drop-labels", help="labels whose cells are dropped, comma-separated, case-insensitive (e.g. unknown,NA)")]
+MinClassSize = Annotated[int, typer.Option("--min-class-size", help="drop classes with fewer cells than this")]
+UniqueGenes = Annotated[bool, typer.Option(
+    "--unique-genes", help="rename duplicate gene names GENE-1, GENE-2, ... instead of refusing them")]
+GroupCol = Annotated[Optional[str], typer.Option(
+    "--group-col", help="column of groups (donor, batch) kept whole within one split or fold")]
+Folds = Annotated[Optional[int], typer.Option(
+    "--folds", help="K-fold: record a fold id per cell; a trial's config `fold` picks the test fold")]
+TestOnly = Annotated[bool, typer.Option("--test-only", help="every cell in the test split (an external test set)")]
+
+
 @user_errors
 def ingest(
-    input: Path = typer.Argument(
-        ...,
-        help="expression input: .h5ad, AnnData .zarr folder, 10x mtx folder, 10x .h5, .loom, .csv/.tsv[.gz], "
-        ".gct[.gz], .gctx, or a plain HDF5 matrix (X + label vectors)",
-    ),
-    label_col: str = typer.Option(
-        ..., "--label-col",
-        help="the labels: an obs column / table column or row / GCT column-metadata field / HDF5 vector; "
-        "with --labels, the column of that file",
-    ),
-    out: str = typer.Option(
-        ..., "--out", help="zarr store to write: STORE.zarr, or an fsspec URL (s3://bucket/STORE.zarr; uploaded "
-        "when complete, root zarr.json last)",
-    ),
-    storage_options: Optional[str] = typer.Option(
-        None, "--storage-options",
-        help='URL --out: fsspec options as JSON, e.g. \'{"endpoint_url": "http://127.0.0.1:9000"}\' '
-        "(default: $OMICSWEEP_STORAGE_OPTIONS, then the filesystem's own environment)",
-    ),
-    input_format: Optional[str] = typer.Option(
-        None, "--format",
-        help="h5ad, zarr, 10x-mtx, 10x-h5, loom, csv, tsv, gct, gctx or hdf5 (default: detected from the path)",
-    ),
-    orient: str = typer.Option(
-        "auto", "--orient", help="csv/tsv/hdf5: cells are the 'rows' or the 'columns' of the matrix; auto: from the labels",
-    ),
-    labels: Optional[Path] = typer.Option(
-        None, "--labels", help="file of cell id + label, joined by cell id (--label-col names its column)",
-    ),
-    layer: Optional[str] = typer.Option(None, help="use this layer instead of X"),
-    raw: bool = typer.Option(False, "--raw", help="use .raw.X instead of X"),
-    split: str = typer.Option("0.7,0.15,0.15", help="train,val,test fractions (stratified, or by group)"),
-    seed: int = typer.Option(0, help="seed of the split"),
-    overwrite: Overwrite = False,
-    preprocess: Optional[str] = typer.Option(
-        None, "--preprocess",
-        help="recipes in order, comma-separated: normalize_log1p (counts: normalize_total 1e4 + log1p), hvg:N "
-        "(N highly variable genes fitted on the training split), genes:FILE (keep the genes listed in FILE), "
-        "scbert_tokens (scBERT's expression tokens 0..5)",
-    ),
-    drop_labels: Optional[str] = typer.Option(
-        None, "--drop-labels", help="labels whose cells are dropped, comma-separated, case-insensitive (e.g. unknown,NA)",
-    ),
-    min_class_size: int = typer.Option(0, "--min-class-size", help="drop classes with fewer cells than this"),
-    unique_genes: bool = typer.Option(
-        False, "--unique-genes", help="rename duplicate gene names GENE-1, GENE-2, ... instead of refusing them",
-    ),
-    group_col: Optional[str] = typer.Option(
-        None, "--group-col", help="column of groups (donor, batch) kept whole within one split or fold",
-    ),
-    folds: Optional[int] = typer.Option(
-        None, "--folds", help="K-fold: record a fold id per cell; a trial's config `fold` picks the test fold",
-    ),
-    test_only: bool = typer.Option(False, "--test-only", help="every cell in the test split (an external test set)"),
+    input: Input, label_col: LabelCol, out: OutStore, storage_options: StorageOptions = None,
+    input_format: InputFormat = None, orient: Orient = "auto", labels: LabelsFile = None, layer: Layer = None,
+    raw: Raw = False, split: Split = "0.7,0.15,0.15", seed: SplitSeed = 0, overwrite: Overwrite = False,
+    preprocess: Preprocess = None, drop_labels: DropLabels = None, min_class_size: MinClassSize = 0,
+    unique_genes: UniqueGenes = False, group_col: GroupCol = None, folds: Folds = None, test_only: TestOnly = False,
 ) -> None:
     """Ingest an expression file into a chunked zarr store (atomic: a failure leaves nothing)."""
     from omicsweep.datasets import IngestOptions, Store, ingest_file
@@ -151,7 +141,6 @@ def ingest_pairs_command(
     lines.append(f"wrote {out}: {summary['pairs']} pairs, {summary['task']}, {summary['fingerprint']}")
     for line in lines:
         say(line)
-
 
 
 COMMANDS = {"ingest": ingest, "ingest-pairs": ingest_pairs_command}
