@@ -251,3 +251,23 @@ def test_bad_pretrain_input_is_one_line_exit_2_and_writes_nothing(corpus, tmp_pa
     args = [a.format(tmp=tmp_path, corpus=corpus) for a in args]
     assert_one_line_error(*cli("pretrain", "--runs", tmp_path / "runs", *args), *needles)
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_trial_whose_last_checkpoint_is_written_reports_its_final_result_again(corpus, tmp_path):
+    """Killed between the last checkpoint and its report (or started again on a finished checkpoint), the trial
+    reports that final state once instead of nothing."""
+    config = tiny_config(max_steps=8, eval_every=4, checkpoint_every=4, max_epochs=2)
+    first, _ = run_trial(corpus, config, checkpoint_root=tmp_path / "ck")
+    again, files = run_trial(corpus, config, checkpoint_root=tmp_path / "ck")
+    assert [r["step"] for r in again] == [8] and files[0]
+    assert again[0]["val_mlm_loss"] == first[-1]["val_mlm_loss"] and again[0]["best_val"] == first[-1]["best_val"]
+
+
+def test_accumulation_with_deepspeed_is_refused(corpus, tmp_path, cli):
+    from conftest import assert_one_line_error
+
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 2}}))
+    assert_one_line_error(*cli("pretrain", "--corpus", corpus, "--runs", tmp_path / "runs", "--deepspeed", ds,
+                               "--set", "accumulation=2"), "accumulation=2", "gradient_accumulation_steps")
+    assert not (tmp_path / "runs").exists()

@@ -174,7 +174,7 @@ def _micro_batches(stream):
             raise InputError("the corpus's train split has fewer cells than one batch per worker")
 
 
-def _one_step(step: int, micro, cfg: dict[str, Any], settings: PretrainSettings, run) -> tuple[float, int]:
+def _one_step(step: int, micro, settings: PretrainSettings, run) -> tuple[float, int]:
     """One optimiser step over `accumulation` micro-batches; (mean unscaled loss, cells)."""
     from omicsweep.models.performer import mlm_loss
 
@@ -259,14 +259,16 @@ def fit_pretrain(context, config: dict[str, Any], report: Callable, strategy) ->
     step, best = _resume(run, folder)
     module, micro = strategy.module(run["model"]), _micro_batches(run["stream"])
     module.train()
-    while step < settings.max_steps:
+    finished = step >= settings.max_steps  # a checkpoint of the last step (killed before its report): report it
+    while step < settings.max_steps or finished:
         started, losses, cells = time.perf_counter(), [], 0
         lr = float(strategy.torch_optimizer(run["model"], run["optimizer"]).param_groups[0]["lr"])
         group_end = min(settings.max_steps, (step // settings.eval_every + 1) * settings.eval_every)
         while step < group_end:
-            loss, n = _one_step(step, micro, config, settings, run)
+            loss, n = _one_step(step, micro, settings, run)
             losses.append(loss)
             cells, step = cells + n, step + 1
+        finished = False
         seconds = time.perf_counter() - started
         metrics = evaluate(module, run["val"], strategy, seed=run["seed"], mask_prob=settings.mask_prob,
                            precision=run["precision"])
@@ -274,7 +276,8 @@ def fit_pretrain(context, config: dict[str, Any], report: Callable, strategy) ->
         files = None
         if step % settings.checkpoint_every == 0 or step >= settings.max_steps:
             files = _checkpoint(run, folder, step, best)
-        report({"epoch": -(-step // settings.eval_every), "step": step, "train_loss": sum(losses) / len(losses),
+        report({"epoch": -(-step // settings.eval_every), "step": step,
+                "train_loss": sum(losses) / len(losses) if losses else float("nan"),
                 "train_lr": lr, **metrics, SEARCH_METRIC: -best,
                 **_throughput(cells * strategy.world_size, len(run["genes"]) + 1, seconds, strategy),
                 "epoch_time_s": seconds}, files)

@@ -54,6 +54,9 @@ def build_pretrain_plan(options: SweepOptions, *, resuming: bool = False) -> Pla
     space = fixed_space(base, overrides) if options.fixed else with_fixed(base, overrides)
     space, notes = _prepared(entry, space, store)
     settings = PretrainSettings.of({**space.defaults, "max_epochs": None})
+    if deepspeed is not None and settings.accumulation != 1:
+        raise ConfigError(f"--set accumulation={settings.accumulation} with --deepspeed {options.deepspeed}: set "
+                          "gradient_accumulation_steps in the DeepSpeed file instead (DeepSpeed accumulates itself)")
     groups = -(-settings.max_steps // settings.eval_every)
     space = with_fixed(space, {"max_epochs": groups})
     key = sweep_key(_name(options.dataset), PRETRAIN_MODEL)
