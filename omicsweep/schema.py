@@ -52,7 +52,11 @@ TRAIN_PREFIX, VAL_PREFIX, TEST_PREFIX = "train_", "val_", "test_"  # a metric's 
 LOGGED_PREFIXES = (TRAIN_PREFIX, VAL_PREFIX, TEST_PREFIX)
 EPOCHS_RUN = "epochs_run"  # epochs a trial trained (ASHA may stop it early): what `reproduce` re-runs
 WORLD_SIZE_KEY = "world_size"  # every result carries the processes it trained in, as training saw them
-RESOURCE_KEYS = ("trial_wall_s", "cpu_s", "peak_rss_mb", WORLD_SIZE_KEY)  # logged, never compared by `reproduce`
+TRAIN_SECONDS = "train_s"  # per result: seconds inside the fit loop so far (training and validation epochs)
+TRIAL_OVERHEAD = "trial_overhead_s"  # per result: trial_wall_s - train_s (data open, transform, checkpoints, test, ...)
+# logged, never compared by `reproduce`
+RESOURCE_KEYS = ("trial_wall_s", "cpu_s", "peak_rss_mb", WORLD_SIZE_KEY, TRAIN_SECONDS, TRIAL_OVERHEAD)
+TRANSFORM_CACHE = "transforms"  # a run folder's fitted transforms, one .npz per (store fingerprint, fold, scaling)
 DEGENERATE_METRIC = "test_degenerate"  # benchmark.metrics.prediction_collapse, on the test split
 # masked expression modelling (benchmark/pretrain.py; lower loss is better, the trial reports best_val = -loss)
 MLM_LOSS = "val_mlm_loss"  # the pretraining section's selection metric (METRIC_TAG)

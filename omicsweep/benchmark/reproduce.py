@@ -108,13 +108,15 @@ def check_store(record: TrialRecord, store_path: str | Path | None = None) -> st
     return str(path)
 
 
-def record_context(record: TrialRecord, store_path: str) -> TrialContext:
-    """The trial's context as recorded: its configuration as the defaults, its seed, threads and setup."""
+def record_context(record: TrialRecord, store_path: str, *, transform_cache: str | Path | None = None) -> TrialContext:
+    """The trial's context as recorded: its configuration as the defaults, its seed, threads and setup;
+    `transform_cache`: the run folder's fitted transforms (its sweep's, reused rather than fitted again)."""
     config = {k: v for k, v in record.config.items() if k != "seed"}
     return TrialContext(
         store_path=store_path, fingerprint=record.fingerprint, model=record.model, defaults=config,
         seed=record.seed, metric=record.metric, threads=max(1, record.threads), workers=max(1, record.workers),
         cpus=record.cpus, gpus=record.gpus, deepspeed=record.deepspeed,
+        transform_cache=None if transform_cache is None else str(transform_cache),
     )
 
 
@@ -233,13 +235,14 @@ def _through_ray_train(record: TrialRecord, context: TrialContext, epochs: int |
 
 
 def reproduce(
-    record: TrialRecord, *, store_path: str | Path | None = None, workers: int | None = None
+    record: TrialRecord, *, store_path: str | Path | None = None, workers: int | None = None,
+    transform_cache: str | Path | None = None,
 ) -> ReproduceOutcome:
     """Re-run `record` for the epochs it ran, the way it trained where this machine allows (`workers`: force
     another number of workers), and compare every final metric exactly."""
     path = check_store(record, store_path)
     epochs = record.epochs_run or int(record.metrics.get("epoch", 0)) or None
-    recorded = record_context(record, path)
+    recorded = record_context(record, path, transform_cache=transform_cache)
     wanted = recorded if workers is None else dataclasses.replace(recorded, workers=workers)
     cpus_here, gpus_here = _resources_here(wanted.distributed)
     context, notes = runnable_context(recorded, workers=workers, cpus_here=cpus_here, gpus_here=gpus_here)

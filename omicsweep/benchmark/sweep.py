@@ -26,7 +26,7 @@ from omicsweep.benchmark.trial import TrialContext, training_setup
 from omicsweep.environment import git_commit, package_versions
 from omicsweep.schema import (
     CLASSES_FILE, CODE_TAG, FINGERPRINT_TAG, GENES_FILE, METRIC_TAG, PACKAGES_TAG, SCHEDULER_TAG, SEARCH_METRIC,
-    SEARCHER_TAG, SEED_TAG, STORE_TAG, THREADS_TAG, TRAINING_SETUP_TAG, VAL_PREFIX,
+    SEARCHER_TAG, SEED_TAG, STORE_TAG, THREADS_TAG, TRAINING_SETUP_TAG, TRANSFORM_CACHE, VAL_PREFIX,
 )
 
 
@@ -130,6 +130,7 @@ def _trial_context(request: SweepRequest, defaults: dict[str, Any]) -> TrialCont
         faults=request.faults,
         fault_dir=str(Path(request.run_folder).resolve() / "faults"),
         checkpoint_root=str(Path(request.run_folder).resolve() / "checkpoints"),
+        transform_cache=str(Path(request.run_folder).resolve() / TRANSFORM_CACHE),
     )
     if context.distributed:  # refused here, before the sweep's run is opened, rather than in every trial
         check_ray_version()

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from omicsweep.errors import InputError
-from omicsweep.schema import WORLD_SIZE_KEY
+from omicsweep.schema import TRAIN_SECONDS, TRIAL_OVERHEAD, WORLD_SIZE_KEY
 from omicsweep.tasks import PRETRAINING_TASKS
 
 
@@ -37,6 +37,7 @@ class TrialContext:
     faults: str | None = None               # chaos tests: benchmark/faults.py spec, sweep trials only
     fault_dir: str | None = None            # where `:once` faults remember they fired
     checkpoint_root: str | None = None      # a sweep's durable per-trial checkpoints (pretraining: resume from them)
+    transform_cache: str | None = None      # folder of fitted transforms, one per (fingerprint, fold, scaling)
 
     @property
     def distributed(self) -> bool:
@@ -95,7 +96,7 @@ def execute_trial(context: TrialContext, sampled: dict[str, Any], report: Callab
 
     from omicsweep.benchmark.strategies import Strategy
     from omicsweep.benchmark.training import FITTERS, FitInputs, seed_everything
-    from omicsweep.datasets.transform import fit_transform_on_train
+    from omicsweep.datasets.transform import fit_transform_on_train, load_or_fit_transform
     from omicsweep.datasets.open import open_store
     from omicsweep.models import Task, get_model
 
@@ -112,14 +113,19 @@ def execute_trial(context: TrialContext, sampled: dict[str, Any], report: Callab
             fit_pretrain(context, config, _with_world_size(report, strategy), strategy or Strategy(
                 device=_local_device(context)))
         return
-    store = entry.featurised_store(open_store(context.store_path, fold=config.get("fold")), config)
+    opened = open_store(context.store_path, fold=config.get("fold"))
+    store = entry.featurised_store(opened, config)
     if store.fingerprint != context.fingerprint:
         raise InputError(
             f"{context.store_path}: fingerprint {store.fingerprint} differs from the sweep's {context.fingerprint}"
         )
+    scaling = config.get("scaling", "minmax")
     inputs = FitInputs(
         store=store,
-        transform=fit_transform_on_train(store, scaling=config.get("scaling", "minmax")),
+        # fitted once per (fingerprint, fold, scaling) and cached; a featuriser's view (CNNC images at `bins`)
+        # shares the store's fingerprint but not its features, so it is fitted here (the view caches it in memory)
+        transform=load_or_fit_transform(store, scaling, context.transform_cache) if store is opened
+        else fit_transform_on_train(store, scaling=scaling),
         # gene names too: a model may align prior knowledge (a gene graph) to the store's genes
         task=Task(n_features=store.n_genes, n_classes=len(store.classes), genes=tuple(map(str, store.genes())),
                   kind=store.task_kind, input_shape=store.input_shape),
@@ -157,6 +163,8 @@ def checkpoint_folder(files: dict[str, Callable[[str], None]]) -> Iterator[str]:
 def with_resources(report: Callable) -> Callable:
     """Wrap `report` so every result also carries the trial's wall time, CPU seconds and peak memory so far.
 
+    train_s is the fitter's time inside its fit loop so far (an estimator: its epoch's time) and
+    trial_overhead_s the rest of the wall time: data opening, the transform, checkpoints, test scoring, reports.
     CPU seconds are this process's user+system time since the wrapper was made (torch's threads included);
     peak memory is the process's high-water mark (ru_maxrss), an upper bound when a worker is reused.
     """
@@ -170,11 +178,17 @@ def with_resources(report: Callable) -> Callable:
 
     started, cpu_started = time.perf_counter(), cpu_seconds()
     kib = 1 / 1024 if sys.platform != "darwin" else 1 / 1024**2  # ru_maxrss: KiB on Linux, bytes on macOS
+    epochs_s = [0.0]  # a fitter that reports no train_s (an estimator): its epochs' time is its training
 
     def wrapped(metrics: dict[str, Any], files=None) -> None:
+        wall = time.perf_counter() - started
+        epochs_s[0] += float(metrics.get("epoch_time_s", 0.0))
+        train_s = float(metrics.get(TRAIN_SECONDS, epochs_s[0]))
         metrics = {
             **metrics,
-            "trial_wall_s": time.perf_counter() - started,
+            TRAIN_SECONDS: train_s,
+            TRIAL_OVERHEAD: wall - train_s,
+            "trial_wall_s": wall,
             "cpu_s": cpu_seconds() - cpu_started,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kib,
         }

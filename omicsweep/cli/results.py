@@ -46,9 +46,11 @@ def reproduce(
 
     from omicsweep.benchmark.reproduce import reproduce as reproduce_trial
     from omicsweep.reports.tracking import read_trial_record
+    from omicsweep.schema import TRANSFORM_CACHE
 
     record = read_trial_record(tracking_store(runs, tracking_uri), run_id)
-    outcome = reproduce_trial(record, store_path=store, workers=workers)
+    # the run folder's fitted transforms (its sweep's): the same statistics, not streamed again
+    outcome = reproduce_trial(record, store_path=store, workers=workers, transform_cache=runs / TRANSFORM_CACHE)
     where = f"run {run_id} ({record.dataset}/{record.model}, seed {record.seed}, {outcome.epochs} epoch(s)) on {outcome.store_path}"
     for note in outcome.setup_notes:
         console.print(f"warning: {note}", highlight=False, soft_wrap=True)

@@ -4,9 +4,11 @@ scaling, its statistics fitted on the training split only, streamed chunk by chu
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from omicsweep.atomic import atomic_file
 from omicsweep.datasets.store import Store
 from omicsweep.errors import ConfigError
 
@@ -109,3 +111,58 @@ def fit_transform_on_train(store: Store, scaling: str | None = "minmax") -> Expr
         mean = mean64.astype(np.float32)
         std = np.sqrt(np.maximum(squares / max(n_rows, 1) - mean64 * mean64, 0.0)).astype(np.float32)
     return ExpressionTransform(log1p=log1p, minimum=lo, maximum=hi, scaling=scaling, mean=mean, std=std)
+
+
+# ---- fitted once per (store fingerprint, fold, scaling), shared by every trial, seed re-run and reproduce ---------
+
+
+def transform_cache_file(folder: str | Path, store: Store, scaling: str | None) -> Path:
+    """Where the fitted transform of (store fingerprint, fold, scaling) lives in a cache `folder` (a run folder's
+    transforms/): a small .npz of arrays, never a pickle."""
+    fold = "all" if getattr(store, "fold", None) is None else f"fold{int(store.fold)}"
+    return Path(folder) / f"{store.fingerprint}-{fold}-{check_scaling(scaling)}.npz"
+
+
+def load_or_fit_transform(store: Store, scaling: str | None, folder: str | Path | None) -> ExpressionTransform:
+    """The fitted transform from the cache `folder` when there, else `fit_transform_on_train` written there.
+
+    Trials starting together on one machine wait on a lock file, so the first fits and the others read its file
+    (written atomically: a reader never sees half of it). A cached file that does not match the store (another
+    gene count) is refitted. Without a folder (None), or where it cannot be written, it just fits.
+    """
+    if folder is None:
+        return fit_transform_on_train(store, scaling)
+    path = transform_cache_file(folder, store, scaling)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(path.with_suffix(".lock"), "a")
+    except OSError:  # a read-only or missing shared folder: fit here, as without a cache
+        return fit_transform_on_train(store, scaling)
+    with lock:
+        _lock(lock)
+        cached = _read_cached(path, store)
+        if cached is not None:
+            return cached
+        transform = fit_transform_on_train(store, scaling)
+        with atomic_file(path) as tmp:
+            np.savez(tmp, **transform.to_arrays())
+        return transform
+
+
+def _read_cached(path: Path, store: Store) -> ExpressionTransform | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            transform = ExpressionTransform.from_arrays(arrays)
+    except (OSError, ValueError, KeyError):  # unreadable: fit again and replace it
+        return None
+    return transform if len(transform.minimum) == store.n_genes else None
+
+
+def _lock(handle) -> None:
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock; concurrent first trials may each fit (same result, atomic writes)
+        return
+    fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # released when the handle closes
