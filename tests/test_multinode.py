@@ -152,3 +152,13 @@ def test_sweep_spreads_trials_over_two_nodes(two_node_cluster, tmp_path):
     assert set(placed.values()) == {"head", "node_b"}, placed
     print(f"sweep {wall:.1f}s; trials by node: {placed}; pids: {sorted({t['pid'] for t in trials})}; "
           f"node_ip {sorted({t['node_ip'] for t in trials})}, hostname {sorted({t['hostname'] for t in trials})}")
+
+
+def test_ray_client_address_is_refused_pointing_at_ray_job_submit(cli, tmp_path):
+    """Ray Client (ray://) is refused before anything is written: the driver must run on the cluster."""
+    from conftest import assert_one_line_error
+
+    out = tmp_path / "run"
+    code, stdout, stderr = cli("sweep", "--address", "ray://127.0.0.1:10001", "--trials", "1", "--runs", out)
+    assert_one_line_error(code, stdout, stderr, "--address ray://127.0.0.1:10001", "Ray Client", "ray job submit")
+    assert not out.exists()

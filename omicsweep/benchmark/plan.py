@@ -184,6 +184,9 @@ def build_plan(options: SweepOptions, *, resuming: bool = False) -> Plan:
     from omicsweep.benchmark.strategies import load_deepspeed_config
     from omicsweep.datasets import resolve_dataset
 
+    from omicsweep.benchmark.sweep import check_address
+
+    check_address(options.address)  # Ray Client: exit 2 before anything is written
     parse_faults(options.inject_faults)
     searcher = check_searcher(options.searcher).name  # a sampler that cannot run here: exit 2 now
     check_scheduler(options.scheduler)

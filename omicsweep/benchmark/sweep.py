@@ -24,6 +24,7 @@ from omicsweep.benchmark.distributed import check_ray_version
 from omicsweep.benchmark.sweep_tracking import Recorder
 from omicsweep.benchmark.trial import TrialContext, training_setup
 from omicsweep.environment import git_commit, package_versions
+from omicsweep.errors import ConfigError
 from omicsweep.schema import (
     CLASSES_FILE, CODE_TAG, FINGERPRINT_TAG, GENES_FILE, METRIC_TAG, PACKAGES_TAG, SCHEDULER_TAG, SEARCH_METRIC,
     SEARCHER_TAG, SEED_TAG, STORE_TAG, THREADS_TAG, TRAINING_SETUP_TAG, TRANSFORM_CACHE, VAL_PREFIX,
@@ -71,6 +72,16 @@ class SweepOutcome:
     overheads_s: list[float] = field(default_factory=list)
 
 
+def check_address(address: str | None) -> None:
+    """Refuse a Ray Client address (ray://): the sweep's driver writes the run folder, checkpoints and MLflow store
+    where it runs and Tune wants its driver on the cluster, so it is submitted there as a job instead."""
+    if address and address.strip().lower().startswith("ray://"):
+        raise ConfigError(
+            f"--address {address}: Ray Client (ray://) is not supported; run the sweep on the cluster as a job: "
+            "ray job submit --address http://HEAD:8265 --working-dir . -- omicsweep sweep ... (no --address there)"
+        )
+
+
 @contextlib.contextmanager
 def ray_session(*, address: str | None, num_cpus: int | None, temp_dir: Path | None = None) -> Iterator[None]:
     """Use a running Ray session as is; otherwise start an embedded one (or connect) and stop it afterwards."""
@@ -86,6 +97,7 @@ def ray_session(*, address: str | None, num_cpus: int | None, temp_dir: Path | N
         return
     kwargs: dict[str, Any] = {"log_to_driver": False, "include_dashboard": False, "configure_logging": False}
     if address:
+        check_address(address)
         ray.init(address=address, **kwargs)
     else:
         ray.init(num_cpus=num_cpus, _temp_dir=str(temp_dir) if temp_dir else None, **kwargs)
