@@ -58,6 +58,9 @@ GroupCol = Annotated[Optional[str], typer.Option(
 Folds = Annotated[Optional[int], typer.Option(
     "--folds", help="K-fold: record a fold id per cell; a trial's config `fold` picks the test fold")]
 TestOnly = Annotated[bool, typer.Option("--test-only", help="every cell in the test split (an external test set)")]
+Layout = Annotated[Optional[str], typer.Option(
+    "--layout", help="X on disk: shuffled (rows permuted once within each split, with --seed), zstd, lz4, "
+    "uint16, legacy; comma-separated")]
 
 
 @user_errors
@@ -67,6 +70,7 @@ def ingest(
     raw: Raw = False, split: Split = "0.7,0.15,0.15", seed: SplitSeed = 0, overwrite: Overwrite = False,
     preprocess: Preprocess = None, drop_labels: DropLabels = None, min_class_size: MinClassSize = 0,
     unique_genes: UniqueGenes = False, group_col: GroupCol = None, folds: Folds = None, test_only: TestOnly = False,
+    layout: Layout = None,
 ) -> None:
     """Ingest an expression file into a chunked zarr store (atomic: a failure leaves nothing)."""
     from omicsweep.datasets import IngestOptions, Store, ingest_file
@@ -80,7 +84,7 @@ def ingest(
     options = IngestOptions(
         fractions=fractions, seed=seed, preprocess=preprocess, min_class_size=min_class_size,
         drop_labels=tuple(d for d in (drop_labels or "").split(",") if d.strip()), unique_genes=unique_genes,
-        group_col=group_col, folds=folds, test_only=test_only,
+        group_col=group_col, folds=folds, test_only=test_only, layout=layout,
     )
     messages: list[str] = []
     ingest_file(

@@ -76,17 +76,24 @@ def datasets_synth(
     overwrite: Overwrite = False,
     vocab: Optional[Path] = typer.Option(None, "--vocab", help="a pretraining corpus on this gene vocabulary "
                                          "(one symbol a line; sets --genes), split 95% train / 5% val"),
+    label_sorted: bool = typer.Option(False, "--label-sorted", help="rows sorted by type within each split (as "
+                                      "real stores grouped by sample or type)"),
+    layout: Optional[str] = typer.Option(None, "--layout", help="X on disk: zstd, lz4, uint16 or legacy "
+                                         "(the first writer's chunks); comma-separated"),
 ) -> None:
     """Write a synthetic count corpus with cell-type structure, chunk by chunk (memory bounded)."""
     from rich.progress import Progress
 
     from omicsweep.datasets import Store
+    from omicsweep.datasets.store_layout import parse_layout
     from omicsweep.datasets.synth import write_synthetic
 
+    store_layout = parse_layout(layout)
     with Progress(console=err_console, transient=True) as progress:
         task = progress.add_task(f"writing {out}", total=cells)
         write_synthetic(out, cells=cells, genes=genes, nnz_per_cell=nnz, n_types=types, seed=seed,
                         overwrite=overwrite, progress=lambda done: progress.update(task, completed=done), vocab=vocab,
+                        label_sorted=label_sorted, layout=store_layout,
                         **({"fractions": (0.95, 0.05, 0.0)} if vocab is not None else {}))
     summary = Store(out).summary()
     console.print(f"wrote {out}: {summary['cells']} cells x {summary['genes']} genes, {len(summary['classes'])} types, "

@@ -32,6 +32,7 @@ from omicsweep.datasets.splits import (
     test_only_split,
 )
 from omicsweep.datasets.store import SPLITS, write_store
+from omicsweep.datasets.store_layout import StoreLayout, parse_layout
 from omicsweep.errors import ConfigError, InputError
 
 
@@ -95,6 +96,8 @@ class IngestOptions:
     folds: K for k-fold: the store records a fold id per cell; a trial picks its test fold (config `fold`).
     test_only: every cell in the test split (an external test set).
     preprocess: recipe specs, e.g. "normalize_log1p,hvg:2000" (see `preprocess.RECIPES`).
+    layout: X's on-disk layout, words of `store_layout.parse_layout` (e.g. "shuffled": rows permuted once within
+    each split with `seed`, labels, splits and cell ids travelling with their rows); None: the default layout.
     """
 
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
@@ -106,6 +109,10 @@ class IngestOptions:
     folds: int | None = None
     test_only: bool = False
     preprocess: str | tuple[str, ...] | None = None
+    layout: str | None = None
+
+    def store_layout(self) -> StoreLayout:
+        return parse_layout(self.layout, seed=self.seed)
 
     def check(self):
         """Option-level checks, before any data is read; returns the parsed recipes."""
@@ -115,6 +122,7 @@ class IngestOptions:
             check_fold_count(self.folds)
         if self.test_only and (self.folds is not None or self.group_col):
             raise ConfigError("--test-only puts every cell in the test split; --folds and --group-col do not apply")
+        self.store_layout()
         recipes = parse_recipes(list(self.preprocess) if isinstance(self.preprocess, tuple) else self.preprocess)
         check_recipes(recipes, has_train=not self.test_only, folds=self.folds)
         return recipes
@@ -185,7 +193,7 @@ def ingest_anndata(
     """Validate an in-memory AnnData and write it as a store. Returns the store's fingerprint.
 
     out: a local path or an fsspec URL (written locally, then uploaded; `storage_options` for its filesystem).
-    options: filters, split scheme and preprocessing (`fractions`/`seed` override its fields for convenience).
+    options: filters, split scheme, preprocessing and layout (`fractions`/`seed` override its fields for convenience).
     messages: when given, receives one line per filter or preprocessing step that changed the data (for the CLI).
     """
     opts = options or IngestOptions()
@@ -199,49 +207,32 @@ def ingest_anndata(
     matrix, genes, matrix_name = select_matrix(adata, layer=layer, use_raw=use_raw, source=source)
     csr = validate_matrix(matrix, source)
     genes, renamed = make_genes_unique(genes, unique=opts.unique_genes, source=source)
+    min_classes = 1 if opts.test_only else 2
     keep, label_report = filter_labels(
         adata.obs[label_col].to_numpy(), label_col=label_col, source=source, drop_labels=opts.drop_labels,
-        min_class_size=opts.min_class_size, min_classes=1 if opts.test_only else 2,
+        min_class_size=opts.min_class_size, min_classes=min_classes,
     )
-    codes, classes, _ = encode_labels(
-        np.asarray(adata.obs[label_col].to_numpy(), dtype=object)[keep], label_col=label_col, source=source,
-        min_classes=1 if opts.test_only else 2,
-    )
+    codes, classes, _ = encode_labels(np.asarray(adata.obs[label_col].to_numpy(), dtype=object)[keep],
+                                      label_col=label_col, source=source, min_classes=min_classes)
     groups = _groups(adata, keep, opts.group_col, source)
-    csr = csr[keep]
-    cell_ids = np.asarray(adata.obs_names, dtype=str)[keep]
+    csr, cell_ids = csr[keep], np.asarray(adata.obs_names, dtype=str)[keep]
     if len(set(cell_ids)) != len(cell_ids):
         raise InputError(f"{source}: cell ids are not unique")
     split_codes, folds, split_info = _assign_splits(codes, classes, groups, opts)
     input_kind = value_kind(csr)
-    data = Expression(csr, genes, input_kind, train=split_codes == TRAIN, source=source)
-    data, steps, lines = apply_recipes(recipes, data)
+    data, steps, lines = apply_recipes(recipes, Expression(csr, genes, input_kind, train=split_codes == TRAIN,
+                                                           source=source))
     if messages is not None:
         messages.extend(_filter_lines(label_report, renamed) + lines)
     provenance = {
-        "source": source,
-        "label_column": label_col,
-        "matrix": matrix_name,
-        "value_kind": data.kind,
-        "input_value_kind": input_kind,
-        "preprocessing": steps,
-        **label_report,
-        "genes_renamed_unique": renamed,
-        "split": split_info,
-        **(extra_provenance or {}),
+        "source": source, "label_column": label_col, "matrix": matrix_name, "value_kind": data.kind,
+        "input_value_kind": input_kind, "preprocessing": steps, **label_report, "genes_renamed_unique": renamed,
+        "split": split_info, **(extra_provenance or {}),
     }
     return _write_store_at(
-        out,
-        storage_options=storage_options,
-        overwrite=overwrite,
-        matrix=data.matrix,
-        genes=data.genes,
-        codes=codes,
-        classes=classes,
-        split_codes=split_codes,
-        cell_ids=cell_ids,
-        provenance=provenance,
-        folds=folds,
+        out, storage_options=storage_options, overwrite=overwrite, matrix=data.matrix, genes=data.genes, codes=codes,
+        classes=classes, split_codes=split_codes, cell_ids=cell_ids, provenance=provenance, folds=folds,
+        layout=opts.store_layout(),
     )
 
 

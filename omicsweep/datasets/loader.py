@@ -17,17 +17,22 @@ from omicsweep.datasets.resample import (
     resample_target,
     smote_resample,
 )
+from omicsweep.datasets.batch_gather import DeviceDensifier, GatherBuffer, block_rows_of_split
 from omicsweep.datasets.store import SPLITS, Store
-from omicsweep.datasets.transform import ExpressionTransform, split_rows_by_chunk
+from omicsweep.datasets.transform import ExpressionTransform
 from omicsweep.errors import ConfigError
 
-def _row_slice(matrix: sp.csr_matrix, start: int, stop: int) -> sp.csr_matrix:
-    """Rows [start, stop) as a CSR view over the same buffers (scipy's slicing copies and re-validates)."""
-    lo, hi = matrix.indptr[start], matrix.indptr[stop]
-    return sp.csr_matrix(
-        (matrix.data[lo:hi], matrix.indices[lo:hi], matrix.indptr[start : stop + 1] - lo),
-        shape=(stop - start, matrix.shape[1]), copy=False,
-    )
+DECODE_THREADS = 2  # blocks of a buffer decoded concurrently (zarrs and numpy release the GIL); measured default
+
+
+def default_block_rows(store) -> int:
+    """Rows per shuffled block: two stored chunks where the store records small chunks inside shards (fine label
+    mixing for little decode waste); else the store's row chunk, as a store of the first layout decodes a whole
+    chunk for any of its rows."""
+    chunk = getattr(store, "x_chunk_rows", None)
+    if not chunk or chunk >= store.rows_per_chunk:
+        return int(store.rows_per_chunk)
+    return int(min(store.rows_per_chunk, 2 * chunk))
 
 
 def rank_slice(n_rows: int, rank: int, world_size: int) -> slice:
@@ -55,32 +60,25 @@ def _batch_sizes(n_rank: int, steps: int, batch_size: int) -> list[int]:
     return [batch_size] * (steps - 1) + [n_rank - (steps - 1) * batch_size]
 
 
-def _gathered(x: sp.csr_matrix, y: np.ndarray, take: np.ndarray | None) -> Iterator[tuple[sp.csr_matrix, np.ndarray]]:
-    """A buffer as it is (take None), or its `take` rows gathered in pieces no larger than the buffer itself."""
-    if take is None:
-        yield x, y
-        return
-    piece = max(1, len(y))
-    for start in range(0, len(take), piece):
-        rows = take[start : start + piece]
-        yield x[rows], y[rows]
-
-
 class CellBatches(IterableDataset):
     """Batches of one split of a store: (x [B, genes] float32 tensor, y [B] int64 tensor).
 
-    Shuffling is by block: each epoch permutes the order of row chunks (seeded by seed and epoch), reads
-    `buffer_chunks` chunks into a buffer, and permutes rows inside it. A background thread decodes the next buffer
-    while the current one is consumed. With output="csr" the batches are (scipy CSR, int64 labels) before any
-    transform, for consumers that densify elsewhere. With `featurise` (a model's featuriser, see
-    omicsweep.models.featurise) they are (featurise(csr, store genes, transform): dict of tensors, y).
+    Shuffling is by block: each epoch permutes the order of blocks of `block_rows` stored rows (seeded by seed and
+    epoch; default `default_block_rows`), reads `buffer_chunks` row chunks' worth of blocks into a buffer, and
+    permutes rows inside it; small blocks mix the labels of a store sorted by label or sample. A background thread
+    decodes the next buffer (its blocks in `threads` threads) while the current one is consumed, and each batch is
+    gathered from the buffer into arrays of its own. With output="csr" the batches are (scipy CSR, int64 labels)
+    before any transform, for consumers that densify elsewhere. With `featurise` (a model's featuriser, see
+    omicsweep.models.featurise) they are (featurise(csr, store genes, transform): dict of tensors, y). With
+    `device` (dense output) the CSR batch goes to that torch device and is densified and transformed there
+    (`batch_gather.DeviceDensifier`); the tensors are on the device.
 
-    Data-parallel ranks (rank, world_size): the epoch is one sequence of rows, the chunks in their seeded order
-    (the same on every rank), and rank r takes its contiguous `rank_slice` of it: whole chunks in the middle, part
-    of the chunk it shares with a neighbouring rank at each end (cut at seeded random rows). So every training row
-    is seen exactly once per epoch across the ranks, each rank decodes about 1/world_size of the chunks, and every
+    Data-parallel ranks (rank, world_size): the epoch is one sequence of rows, the blocks in their seeded order
+    (the same on every rank), and rank r takes its contiguous `rank_slice` of it: whole blocks in the middle, part
+    of the block it shares with a neighbouring rank at each end (cut at seeded random rows). So every training row
+    is seen exactly once per epoch across the ranks, each rank decodes about 1/world_size of the blocks, and every
     rank yields the same number of batches (`steps_per_epoch`): ranks that step together (DDP, DeepSpeed) run out
-    together and none of their rows goes untrained. DataLoader workers of one rank split its chunks among them.
+    together and none of their rows goes untrained. DataLoader workers of one rank split its blocks among them.
 
     resample ('over' or 'under', training split only; see `omicsweep.datasets.resample`): each epoch draws a
     seeded repeat count per training row (the same on every rank and worker) so that the epoch's classes are
@@ -108,6 +106,9 @@ class CellBatches(IterableDataset):
         resample: str = "none",
         resample_target: int | None = None,
         featurise=None,
+        block_rows: int | None = None,
+        threads: int = DECODE_THREADS,
+        device: str | torch.device | None = None,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}")
@@ -135,7 +136,11 @@ class CellBatches(IterableDataset):
         self._genes = store.genes() if featurise is not None else None
         self.epoch = 0
         self.resample, self.resample_target = resample, resample_target
-        self._local_rows = split_rows_by_chunk(store, split)
+        self.block_rows = int(block_rows or default_block_rows(store))
+        self.blocks_per_buffer = max(1, self.buffer_chunks * store.rows_per_chunk // self.block_rows)
+        self.threads = max(1, int(threads))
+        self._densify = DeviceDensifier(transform, device) if device is not None and featurise is None else None
+        self._local_rows = block_rows_of_split(store.split_indices(split), store.n_cells, self.block_rows)
         self._labels = store.labels()
         self.n_cells = int(sum(len(r) for r in self._local_rows))
 
@@ -143,25 +148,25 @@ class CellBatches(IterableDataset):
         self.epoch = int(epoch)
 
     def epoch_repeats(self) -> list[np.ndarray] | None:
-        """This epoch's repeat count per row of the split, one array per chunk (aligned with its rows);
+        """This epoch's repeat count per row of the split, one array per block (aligned with its rows);
         None without resampling. Seeded by (seed, epoch) only, so every rank and worker draws the same."""
         if self.resample == "none":
             return None
-        labels = np.concatenate([self._labels[self.store.chunk_bounds(c)[0] + local]
-                                 for c, local in enumerate(self._local_rows)])
+        labels = np.concatenate([self._labels[self._block_bounds(b)[0] + local]
+                                 for b, local in enumerate(self._local_rows)])
         counts = repeat_counts(labels, self.resample, resample_rng(self.seed, self.epoch), target=self.resample_target)
         return np.split(counts, np.cumsum([len(local) for local in self._local_rows])[:-1])
 
     def _epoch_plan(self, repeats: list[np.ndarray] | None) -> tuple[list[tuple[int, np.ndarray]], int]:
         """(this rank's part of the epoch, the epoch's rows over all ranks).
 
-        The part is (chunk, positions) pairs in epoch order; positions index the chunk's drawn rows (those of the
+        The part is (block, positions) pairs in epoch order; positions index the block's drawn rows (those of the
         split, or with a repeat count > 0), a row as often as its count. Computed alike on every rank.
         """
         if repeats is None:
             counts = [np.ones(len(local), dtype=np.int64) for local in self._local_rows]
         else:
-            counts = [r[r > 0] for r in repeats]  # chunks with nothing drawn are skipped
+            counts = [r[r > 0] for r in repeats]  # blocks with nothing drawn are skipped
         order = np.array([c for c, n in enumerate(counts) if len(n)], dtype=np.int64)
         if self.shuffle:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(order)  # same on every rank
@@ -179,52 +184,56 @@ class CellBatches(IterableDataset):
             plan.append((chunk, positions[lo:hi]))
         return plan, total
 
-    def _read_chunk(self, chunk: int, repeats: np.ndarray | None = None) -> tuple[sp.csr_matrix, np.ndarray]:
-        start, stop = self.store.chunk_bounds(chunk)
-        local = self._local_rows[chunk] if repeats is None else self._local_rows[chunk][repeats > 0]
-        block = self.store.read_rows(start, stop)
-        if len(local) != stop - start:  # skip the copy when the whole chunk belongs to the split
-            block = block[local]
-        return block, self._labels[start + local]
+    def _block_bounds(self, block: int) -> tuple[int, int]:
+        start = block * self.block_rows
+        return start, min(self.store.n_cells, start + self.block_rows)
 
-    def _read_buffer(self, group: list[tuple[int, np.ndarray]], index: int, repeats: list[np.ndarray] | None = None):
-        """Decode, stack and (when shuffling) permute one buffer of (chunk, positions); runs in the prefetch thread.
+    def _read_block(self, block: int, repeats: np.ndarray | None = None) -> tuple[sp.csr_matrix, np.ndarray]:
+        start, stop = self._block_bounds(block)
+        local = self._local_rows[block] if repeats is None else self._local_rows[block][repeats > 0]
+        rows = self.store.read_rows(start, stop)
+        if len(local) != stop - start:  # skip the copy when the whole block belongs to the split
+            rows = rows[local]
+        return rows, self._labels[start + local]
 
-        Returns (x, y, take): take is None when x already holds the buffer's rows in order; with resampling it is
-        the row positions of x, each as often as drawn, in shuffled order (x holds every drawn row once).
-        """
-        parts = [self._read_chunk(c, None if repeats is None else repeats[c]) for c, _ in group]
-        x, y = sp.vstack([p[0] for p in parts], format="csr"), np.concatenate([p[1] for p in parts])
+    def _read_buffer(self, group: list[tuple[int, np.ndarray]], index: int, repeats: list[np.ndarray] | None,
+                     pool=None) -> GatherBuffer:
+        """Decode one buffer of (block, positions) (in the prefetch thread, its blocks in the decode pool) and its
+        take order: each block's positions (a row as often as drawn), permuted when shuffling."""
+        def read(item):
+            return self._read_block(item[0], None if repeats is None else repeats[item[0]])
+
+        parts = list(pool.map(read, group)) if pool is not None and len(group) > 1 else [read(g) for g in group]
         offsets = np.cumsum([0] + [len(p[1]) for p in parts[:-1]])
         take = np.concatenate([positions + offset for (_, positions), offset in zip(group, offsets)])
         if self.shuffle:
             take = np.random.default_rng([self.seed, self.epoch, index]).permutation(take)
-        if repeats is not None:
-            return x, y, take
-        if len(take) != len(y) or self.shuffle:  # part of a shared chunk, or shuffled: gather here, in the thread
-            x, y = x[take], y[take]
-        return x, y, None
+        labels = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
+        return GatherBuffer([p[0] for p in parts], labels, take, self.store.n_genes)
 
     def _buffers(self, plan: list[tuple[int, np.ndarray]], repeats: list[np.ndarray] | None = None):
-        groups = [plan[i : i + self.buffer_chunks] for i in range(0, len(plan), self.buffer_chunks)]
-        if not self.prefetch or len(groups) < 2:
-            for i, g in enumerate(groups):
-                yield from _gathered(*self._read_buffer(g, i, repeats))
-            return
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="omicsweep-prefetch") as pool:
-            pending = pool.submit(self._read_buffer, groups[0], 0, repeats)
-            for index, nxt in enumerate(groups[1:], start=1):
-                current, pending = pending.result(), pool.submit(self._read_buffer, nxt, index, repeats)
-                yield from _gathered(*current)
-            yield from _gathered(*pending.result())
+        groups = [plan[i : i + self.blocks_per_buffer] for i in range(0, len(plan), self.blocks_per_buffer)]
+        with ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="omicsweep-decode") as pool:
+            if not self.prefetch or len(groups) < 2:
+                for i, g in enumerate(groups):
+                    yield self._read_buffer(g, i, repeats, pool)
+                return
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="omicsweep-prefetch") as ahead:
+                pending = ahead.submit(self._read_buffer, groups[0], 0, repeats, pool)
+                for index, nxt in enumerate(groups[1:], start=1):
+                    current, pending = pending.result(), ahead.submit(self._read_buffer, nxt, index, repeats, pool)
+                    yield current
+                yield pending.result()
 
     def _emit(self, matrix: sp.csr_matrix, labels: np.ndarray):
         if self.output == "csr":
             return matrix, labels.astype(np.int64)
         if self.featurise is not None:
             return self.featurise(matrix, self._genes, self.transform), torch.from_numpy(labels.astype(np.int64))
+        if self._densify is not None:
+            return self._densify(matrix), torch.from_numpy(labels.astype(np.int64)).to(self._densify.device)
         dense = self.transform(matrix.toarray().astype(np.float32, copy=False))
         return torch.from_numpy(dense), torch.from_numpy(labels.astype(np.int64))
 
@@ -239,16 +248,17 @@ class CellBatches(IterableDataset):
         sizes = _batch_sizes(sum(len(positions) for _, positions in plan), steps, self.batch_size)
         yield from self._batched(self._buffers(plan, repeats), sizes)
 
-    def _batched(self, blocks, sizes: list[int] | None) -> Iterator:
-        """The blocks' rows cut into batches of `sizes`; None: of batch_size, then the rest if >= min_batch."""
+    def _batched(self, buffers, sizes: list[int] | None) -> Iterator:
+        """The buffers' rows cut into batches of `sizes`; None: of batch_size, then the rest if >= min_batch. A
+        batch is gathered from its buffer; one that spans two buffers joins the two gathered parts."""
         targets = iter(sizes if sizes is not None else ())
         size = next(targets, 0) if sizes is not None else self.batch_size
-        carry_x, carry_y = None, None  # fewer rows than the batch being filled, from the previous blocks
-        for block_x, block_y in blocks:
+        carry_x, carry_y = None, None  # fewer rows than the batch being filled, from the previous buffers
+        for buffer in buffers:
             start = 0
-            while size and len(block_y) - start >= size - (0 if carry_y is None else len(carry_y)):
+            while size and len(buffer) - start >= size - (0 if carry_y is None else len(carry_y)):
                 stop = start + size - (0 if carry_y is None else len(carry_y))
-                x, y = _row_slice(block_x, start, stop), block_y[start:stop]
+                x, y = buffer.gather(start, stop)
                 if carry_y is not None:
                     x, y = sp.vstack([carry_x, x], format="csr"), np.concatenate([carry_y, y])
                     carry_x, carry_y = None, None
@@ -257,8 +267,8 @@ class CellBatches(IterableDataset):
                 size = next(targets, 0) if sizes is not None else self.batch_size
             if not size:
                 return
-            if start < len(block_y):
-                rest_x, rest_y = _row_slice(block_x, start, len(block_y)), block_y[start:]
+            if start < len(buffer):
+                rest_x, rest_y = buffer.gather(start, len(buffer))
                 if carry_y is None:
                     carry_x, carry_y = rest_x, rest_y
                 else:

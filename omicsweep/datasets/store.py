@@ -2,12 +2,14 @@
 
 `anndata.read_zarr(path)` and scanpy open every store; the loader reads the CSR arrays directly with zarr.
 Layout (keys are constants below):
-    X/{data,indices,indptr}   CSR, zstd-compressed, data/indices chunked to about ROWS_PER_CHUNK rows
+    X/{data,indices,indptr}   CSR; data/indices in small chunks of whole rows' worth of values inside shards of
+                              about ROWS_PER_CHUNK rows, uint16 gene indices where they fit (store_layout.py;
+                              stores of format 1 keep one zstd chunk of ~ROWS_PER_CHUNK rows per file)
     obs/label                 categorical: integer codes + class names
     obs/split                 categorical: train / val / test (for a k-fold store: fold 0's assignment)
     obs/fold                  k-fold stores only: fold id per cell (int16)
     var/_index                gene names
-    uns/omicsweep             fingerprint, provenance, chunking
+    uns/omicsweep             fingerprint, provenance, chunking, layout (format 2)
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import scipy.sparse as sp
 from omicsweep.atomic import replace_folder
 from omicsweep.datasets.splits import fold_to_split
 from omicsweep.datasets.store_base import StoreMetadata
+from omicsweep.datasets.store_layout import DEFAULT_LAYOUT, StoreLayout, configure_codec_pipeline, row_order
 from omicsweep.errors import ConfigError, InputError
 from omicsweep.tasks import CELL_CLASSIFICATION
 
@@ -36,7 +39,7 @@ FOLD_KEY = "fold"
 META_KEY = "omicsweep"
 SPLITS = ("train", "val", "test")
 ROWS_PER_CHUNK = 1024
-STORE_FORMAT_VERSION = 1
+STORE_FORMAT_VERSION = 2  # 2: the X layout is recorded (store_layout.StoreLayout); 1: the first writer's
 
 
 class Fingerprinter:
@@ -85,27 +88,56 @@ class StoreWriter:
             writer.finish(codes=..., classes=..., split_codes=..., cell_ids=..., provenance=...)
     """
 
-    def __init__(self, out: Path, *, genes: np.ndarray, nnz_per_row_hint: int = 1000, overwrite: bool = False):
+    def __init__(self, out: Path, *, genes: np.ndarray, nnz_per_row_hint: int | None = None, overwrite: bool = False,
+                 layout: StoreLayout = DEFAULT_LAYOUT):
         import zarr
-        from zarr.codecs import ZstdCodec
 
         self.out = Path(out)
         if self.out.exists() and not overwrite:
             raise InputError(f"{self.out}: already exists; pass --overwrite to replace it")
+        configure_codec_pipeline()
         self.genes = np.asarray(genes, dtype=str)
+        self.layout = layout.check()
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.out.parent / f".{self.out.name}.partial-{uuid.uuid4().hex[:8]}"
         self._root = zarr.open_group(str(self.tmp), mode="w", zarr_format=3)
-        x = self._root.create_group("X")
-        chunk = max(1, int(nnz_per_row_hint)) * ROWS_PER_CHUNK
-        codec = [ZstdCodec(level=3)]
-        self._data = x.create_array("data", shape=(0,), chunks=(chunk,), dtype="float32", compressors=codec)
-        self._indices = x.create_array("indices", shape=(0,), chunks=(chunk,), dtype="int32", compressors=codec)
-        self._x = x
+        self._x = self._root.create_group("X")
+        self._hint = nnz_per_row_hint
+        self._data = self._indices = None  # created at the first block, sized by its non-zeros per row
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
         self._row_nnz: list[np.ndarray] = []
         self._fingerprint = Fingerprinter()
         self.n_rows = 0
         self._done = False
+
+    def _create_arrays(self, block: sp.csr_matrix) -> None:
+        """data/indices sized by the store's own non-zeros per row (the first block's mean; the legacy layout
+        keeps the caller's hint, as the first writer did)."""
+        measured = -(-block.nnz // max(1, block.shape[0]))
+        self.nnz_per_row = int(self._hint or 1000) if not self.layout.recorded else max(1, measured)
+        chunk, shard = self.layout.value_counts(self.nnz_per_row)
+        self._step = shard or chunk  # written in whole shards (or chunks): no read-modify-write of a partial one
+        kinds = (("data", "float32"), ("indices", self.layout.index_dtype(len(self.genes))))
+        self._data, self._indices = (
+            self._x.create_array(name, shape=(0,), chunks=(chunk,), shards=None if shard is None else (shard,),
+                                 dtype=dtype, compressors=self.layout.codecs(dtype))
+            for name, dtype in kinds
+        )
+        self._written = 0
+
+    def _flush(self, final: bool = False) -> None:
+        pending = sum(len(d) for d, _ in self._pending)
+        count = pending if final else pending // self._step * self._step
+        if not count:
+            return
+        data = np.concatenate([d for d, _ in self._pending])
+        indices = np.concatenate([i for _, i in self._pending])
+        end = self._written + count
+        for array, values in ((self._data, data), (self._indices, indices)):
+            array.resize((end,))
+            array[self._written : end] = values[:count]
+        self._pending = [(data[count:], indices[count:])] if count < pending else []
+        self._written = end
 
     def __enter__(self) -> "StoreWriter":
         return self
@@ -119,8 +151,10 @@ class StoreWriter:
         if block.shape[1] != len(self.genes):
             raise InputError(f"{self.out}: a block has {block.shape[1]} genes, expected {len(self.genes)}")
         block.sort_indices()
-        self._data.append(block.data)
-        self._indices.append(block.indices.astype(np.int32, copy=False))
+        if self._data is None:
+            self._create_arrays(block)
+        self._pending.append((block.data, block.indices.astype(self._indices.dtype, copy=False)))
+        self._flush()
         self._row_nnz.append(np.diff(block.indptr).astype(np.int64))
         self._fingerprint.update(block)
         self.n_rows += block.shape[0]
@@ -135,6 +169,9 @@ class StoreWriter:
 
         if not (len(codes) == len(split_codes) == len(cell_ids) == self.n_rows):
             raise InputError(f"{self.out}: {self.n_rows} rows but {len(codes)} labels / {len(cell_ids)} cell ids")
+        if self._data is None:
+            self._create_arrays(sp.csr_matrix((0, len(self.genes)), dtype=np.float32))
+        self._flush(final=True)
         indptr = np.concatenate([[0], np.cumsum(np.concatenate(self._row_nnz) if self._row_nnz else [])]).astype(np.int64)
         if indptr[-1] < np.iinfo(np.int32).max:
             indptr = indptr.astype(np.int32)  # same dtype as indices, as scipy and scikit-learn expect
@@ -153,12 +190,14 @@ class StoreWriter:
         if folds is not None:
             obs[FOLD_KEY] = np.asarray(folds, dtype=np.int16)
         meta = {
-            "format_version": STORE_FORMAT_VERSION,
+            "format_version": STORE_FORMAT_VERSION if self.layout.recorded else 1,
             "fingerprint": fingerprint,
             "classes": list(classes),
             "rows_per_chunk": ROWS_PER_CHUNK,
             "provenance_json": json.dumps(provenance, sort_keys=True, default=str),
         }
+        if self.layout.recorded:  # the first writer's stores (format 1) had no layout entry
+            meta["layout"] = self.layout.meta(self.nnz_per_row, len(self.genes))
         if folds is not None:
             meta["n_folds"] = int(np.max(folds)) + 1 if len(folds) else 0
         shell = ad.AnnData(obs=obs, var=pd.DataFrame(index=pd.Index(self.genes)))
@@ -187,20 +226,22 @@ def write_store(
     provenance: dict[str, Any],
     overwrite: bool = False,
     folds: np.ndarray | None = None,
+    layout: StoreLayout = DEFAULT_LAYOUT,
 ) -> str:
     """Write an in-memory matrix as a store (atomically). Returns the fingerprint.
 
-    Rows are grouped by split (train, then val, then test; input order kept within each), so streaming
-    one split reads only its own chunks; a k-fold store (`folds`: fold id per cell) groups them by fold
-    instead, so every fold's train/val/test sets are runs of whole folds. Cells keep their ids in `obs_names`.
+    Rows are grouped by split (train, then val, then test; input order kept within each, or permuted once with
+    the layout's seed for a shuffled layout), so streaming one split reads only its own chunks; a k-fold store
+    (`folds`: fold id per cell) groups them by fold instead, so every fold's train/val/test sets are runs of whole
+    folds. Cells keep their ids in `obs_names` and their labels, splits and folds, whatever the order.
     """
-    order = np.argsort(np.asarray(split_codes if folds is None else folds), kind="stable")
+    order = row_order(split_codes if folds is None else folds, layout)
     matrix = sp.csr_matrix(matrix, dtype=np.float32)[order]
     codes, split_codes, cell_ids = np.asarray(codes)[order], np.asarray(split_codes)[order], np.asarray(cell_ids)[order]
     if folds is not None:
         folds = np.asarray(folds)[order]
     hint = max(1, matrix.nnz // max(1, matrix.shape[0]))
-    with StoreWriter(out, genes=genes, nnz_per_row_hint=hint, overwrite=overwrite) as writer:
+    with StoreWriter(out, genes=genes, nnz_per_row_hint=hint, overwrite=overwrite, layout=layout) as writer:
         for start in range(0, matrix.shape[0], ROWS_PER_CHUNK):
             writer.append(matrix[start : start + ROWS_PER_CHUNK])
         return writer.finish(
@@ -229,6 +270,7 @@ class Store(StoreMetadata):
 
         from omicsweep.datasets.remote import as_location, is_url, open_remote_group
 
+        configure_codec_pipeline()
         self.path = as_location(self.path)
         remote = is_url(self.path)
         if not remote and not self.path.exists():
@@ -253,6 +295,9 @@ class Store(StoreMetadata):
         self._indices = x["indices"]
         self.indptr = np.asarray(x["indptr"][:], dtype=np.int64)
         self.rows_per_chunk = int(meta.get("rows_per_chunk", ROWS_PER_CHUNK))
+        self.layout = dict(meta.get("layout") or {})  # empty: the first writer's layout (store_layout.LEGACY_LAYOUT)
+        # rows' worth of values per stored chunk: the smallest read that decodes little it does not need
+        self.x_chunk_rows = int(self.layout.get("chunk_rows", self.rows_per_chunk))
         if self.fold is not None:
             self.fold = self._check_fold(self.fold)
 

@@ -12,6 +12,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from omicsweep.datasets.store import SPLITS, StoreWriter
+from omicsweep.datasets.store_layout import DEFAULT_LAYOUT, StoreLayout
 from omicsweep.errors import ConfigError
 
 BLOCK_ROWS = 8192
@@ -49,6 +50,34 @@ def _block(
     )
 
 
+def _labels_and_splits(cells: int, n_types: int, fractions, label_sorted: bool, rng) -> tuple[np.ndarray, np.ndarray]:
+    codes = _type_labels(cells, n_types, rng)
+    # rows are iid, so contiguous row ranges are stratified in expectation; grouping splits keeps reads sequential
+    bounds = np.round(np.cumsum([0, *fractions]) * cells).astype(int)
+    split_codes = np.repeat(np.arange(3, dtype=np.int8), np.diff(bounds))
+    if label_sorted:  # like a real atlas grouped by sample or type: each split's rows sorted by label
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            codes[lo:hi] = np.sort(codes[lo:hi])
+    return codes, split_codes
+
+
+def _provenance(cells, genes, nnz_per_cell, n_types, seed, fractions, label_sorted, vocab) -> dict:
+    return {
+        "source": "synthetic",
+        "synthetic": True,
+        "generator": {"cells": cells, "genes": genes, "nnz_per_cell": nnz_per_cell, "types": n_types,
+                      "seed": seed, "markers_per_type": MARKERS_PER_TYPE, "marker_share": MARKER_SHARE,
+                      **({"label_sorted": True} if label_sorted else {})},
+        "label_column": "type",
+        "matrix": "X",
+        "value_kind": "counts",
+        "preprocessing": [],
+        "split": {"method": "contiguous blocks of iid cells", "fractions": list(fractions), "seed": seed,
+                  "names": list(SPLITS)},
+        **({"vocabulary": str(vocab)} if vocab is not None else {}),
+    }
+
+
 def write_synthetic(
     out: Path,
     *,
@@ -61,11 +90,15 @@ def write_synthetic(
     overwrite: bool = False,
     progress=None,
     vocab: Path | None = None,
+    label_sorted: bool = False,
+    layout: StoreLayout = DEFAULT_LAYOUT,
 ) -> str:
     """Write a synthetic corpus; rows are grouped by split (train, val, test), types drawn independently.
 
     vocab: a gene vocabulary file (one symbol a line, as `corpus build --vocab`); its genes name the columns and
-    set their number (overriding `genes`).
+    set their number (overriding `genes`). label_sorted: rows sorted by type within each split (the layout of
+    many real stores, where block shuffling has to work to mix labels). layout: X's on-disk layout (its row order
+    does not apply: synthetic rows are iid already).
     """
     gene_names = None
     if vocab is not None:
@@ -78,10 +111,7 @@ def write_synthetic(
     if not 0 < nnz_per_cell < genes:
         raise ConfigError(f"--nnz {nnz_per_cell}: must be between 1 and the number of genes ({genes})")
     rng = np.random.default_rng(seed)
-    codes = _type_labels(cells, n_types, rng)
-    # rows are iid, so contiguous row ranges are stratified in expectation; grouping splits keeps reads sequential
-    bounds = np.round(np.cumsum([0, *fractions]) * cells).astype(int)
-    split_codes = np.repeat(np.arange(3, dtype=np.int8), np.diff(bounds))
+    codes, split_codes = _labels_and_splits(cells, n_types, fractions, label_sorted, rng)
     popularity = 1.0 / np.arange(1, genes + 1) ** 0.6
     popularity = popularity[rng.permutation(genes)]
     lookup = _inverse_cdf_table(popularity)
@@ -89,27 +119,14 @@ def write_synthetic(
     reads = int(nnz_per_cell * 1.15)  # a few genes are drawn twice; ~nnz_per_cell distinct genes per cell
     if gene_names is None:
         gene_names = np.array([f"gene_{i:05d}" for i in range(genes)])
-    with StoreWriter(out, genes=gene_names, nnz_per_row_hint=nnz_per_cell, overwrite=overwrite) as writer:
+    with StoreWriter(out, genes=gene_names, nnz_per_row_hint=nnz_per_cell, overwrite=overwrite,
+                     layout=layout) as writer:
         for start in range(0, cells, BLOCK_ROWS):
             writer.append(_block(codes[start : start + BLOCK_ROWS], genes, reads, lookup, markers, rng))
             if progress is not None:
                 progress(min(cells, start + BLOCK_ROWS))
         return writer.finish(
-            codes=codes,
-            classes=[f"type_{t:02d}" for t in range(n_types)],
-            split_codes=split_codes,
+            codes=codes, classes=[f"type_{t:02d}" for t in range(n_types)], split_codes=split_codes,
             cell_ids=np.char.add("cell_", np.arange(cells).astype(str)),
-            provenance={
-                "source": "synthetic",
-                "synthetic": True,
-                "generator": {"cells": cells, "genes": genes, "nnz_per_cell": nnz_per_cell, "types": n_types,
-                              "seed": seed, "markers_per_type": MARKERS_PER_TYPE, "marker_share": MARKER_SHARE},
-                "label_column": "type",
-                "matrix": "X",
-                "value_kind": "counts",
-                "preprocessing": [],
-                "split": {"method": "contiguous blocks of iid cells", "fractions": list(fractions), "seed": seed,
-                          "names": list(SPLITS)},
-                **({"vocabulary": str(vocab)} if vocab is not None else {}),
-            },
+            provenance=_provenance(cells, genes, nnz_per_cell, n_types, seed, fractions, label_sorted, vocab),
         )

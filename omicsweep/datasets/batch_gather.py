@@ -1,0 +1,90 @@
+"""A decoded shuffle buffer and the batches gathered from it, and CSR batches densified on a torch device.
+
+A buffer keeps its blocks' rows as decoded, one concatenation of their values, and gathers each batch's rows
+straight into that batch's own arrays (one copy per value, no stacked or permuted copy of the whole buffer).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+
+def block_rows_of_split(rows: np.ndarray, n_samples: int, block_rows: int) -> list[np.ndarray]:
+    """For each block of `block_rows` stored rows, the local offsets of the split's sorted `rows` in it."""
+    n_blocks = -(-n_samples // block_rows)
+    bounds = np.searchsorted(rows // block_rows, np.arange(n_blocks + 1))
+    return [rows[bounds[b] : bounds[b + 1]] - b * block_rows for b in range(n_blocks)]
+
+
+class GatherBuffer:
+    """Rows of several decoded CSR blocks (each already restricted to its wanted rows), read in `take` order.
+
+    take: positions into the concatenated rows, in the order batches use them (a position may repeat, for a
+    resampled row); `len(buffer)` is len(take).
+    """
+
+    def __init__(self, blocks: list[sp.csr_matrix], labels: np.ndarray, take: np.ndarray, n_features: int):
+        self.data = np.concatenate([b.data for b in blocks]) if blocks else np.zeros(0, np.float32)
+        self.indices = np.concatenate([b.indices.astype(np.int32, copy=False) for b in blocks]) if blocks \
+            else np.zeros(0, np.int32)
+        lengths = np.concatenate([np.diff(b.indptr) for b in blocks]) if blocks else np.zeros(0, np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        self.lengths = lengths.astype(np.int64)
+        self.labels, self.take, self.n_features = labels, take, n_features
+
+    def __len__(self) -> int:
+        return len(self.take)
+
+    def gather(self, lo: int, hi: int) -> tuple[sp.csr_matrix, np.ndarray]:
+        """Rows take[lo:hi] as a CSR matrix of their own (freshly allocated, safe to keep) and their labels."""
+        rows = self.take[lo:hi]
+        lengths = self.lengths[rows]
+        indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        nnz = int(indptr[-1])
+        source = np.repeat(self.starts[rows] - indptr[:-1], lengths) + np.arange(nnz, dtype=np.int64)
+        data, indices = np.empty(nnz, np.float32), np.empty(nnz, np.int32)
+        np.take(self.data, source, out=data)
+        np.take(self.indices, source, out=indices)
+        indptr = indptr.astype(np.int32) if nnz < np.iinfo(np.int32).max else indptr
+        matrix = sp.csr_matrix((data, indices, indptr), shape=(len(rows), self.n_features), copy=False)
+        return matrix, self.labels[rows]
+
+
+class DeviceDensifier:
+    """CSR batches to dense, transformed float32 on a torch device: the host sends values, indices and row
+    pointers (pinned, non-blocking on CUDA) and the device builds and scales the dense matrix, so the host never
+    holds dense float32. The same code on device='cpu' gives the host path's numbers."""
+
+    def __init__(self, transform, device: str | torch.device):
+        self.device = torch.device(device)
+        self.transform = transform
+        self._pin = self.device.type == "cuda"
+        self._shift = self._scale = None
+        if transform is not None and transform.scaling in ("minmax", "zscore"):
+            shift = transform.minimum if transform.scaling == "minmax" else transform.mean
+            scale = (transform.maximum - transform.minimum) if transform.scaling == "minmax" else transform.std.copy()
+            scale = np.where(scale == 0, 1.0, scale).astype(np.float32)
+            self._shift = torch.from_numpy(np.asarray(shift, np.float32)).to(self.device)
+            self._scale = torch.from_numpy(scale).to(self.device)
+
+    def _send(self, array: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(array)
+        if self._pin:
+            tensor = tensor.pin_memory()
+        return tensor.to(self.device, non_blocking=True)
+
+    def __call__(self, matrix: sp.csr_matrix) -> torch.Tensor:
+        lengths = self._send(np.diff(matrix.indptr).astype(np.int64))
+        col = self._send(matrix.indices.astype(np.int64, copy=False))
+        values = self._send(np.asarray(matrix.data, dtype=np.float32))
+        rows = torch.repeat_interleave(torch.arange(matrix.shape[0], device=self.device), lengths)
+        dense = torch.zeros(matrix.shape, dtype=torch.float32, device=self.device)
+        dense[rows, col] = values  # scipy's CSR has no duplicate entries once summed; ours never has any
+        if self.transform is not None and self.transform.log1p:
+            dense.log1p_()
+        if self._shift is not None:
+            dense.sub_(self._shift).div_(self._scale)
+        return dense
