@@ -161,3 +161,67 @@ def test_synth_writes_a_corpus_on_a_vocabulary(tmp_path, cli):
     assert len(store.split_indices("test")) == 0 and len(store.split_indices("val")) == 20  # a corpus: train/val
     assert store.provenance["vocabulary"] == str(vocab)
     assert expression_tokens(store.read_rows(0, 4)).shape == (4, 301)
+
+
+def _tiny_h5ad(path, genes, cells=30, seed=0):
+    rng = np.random.default_rng(seed)
+    adata = ad.AnnData(sp.csr_matrix(rng.poisson(1.0, (cells, len(genes))).astype(np.float32)))
+    adata.var_names, adata.obs_names = list(genes), [f"c{i}" for i in range(cells)]
+    adata.write_h5ad(path)
+    return path
+
+
+def test_inputs_without_gene_symbols_say_what_they_have(tmp_path, cli):
+    import h5py
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("CD3E\nLYZ\nMS4A1\n")
+    plain = tmp_path / "plain.h5"  # a plain HDF5 matrix: the reader makes up gene_0, gene_1, ...
+    with h5py.File(plain, "w") as f:
+        f["X"] = np.random.default_rng(0).poisson(1.0, (20, 5)).astype(np.float32)
+        f["Y"] = np.zeros(20, dtype=np.int64)
+    code, stdout, stderr = cli("corpus", "build", plain, "--vocab", vocab, "--out", tmp_path / "c.zarr")
+    assert_one_line_error(code, stdout, stderr, str(plain), "has no gene names", "gene_0")
+    ensembl = _tiny_h5ad(tmp_path / "ensembl.h5ad", ["ENSG00000198851", "ENSG00000090382", "ENSG00000156738"])
+    code, stdout, stderr = cli("corpus", "build", ensembl, "--vocab", vocab, "--out", tmp_path / "c.zarr")
+    assert_one_line_error(code, stdout, stderr, str(ensembl), "Ensembl ids", "gene symbols")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ensembl.h5ad", "plain.h5", "vocab.txt"]
+
+
+@pytest.fixture
+def tiny_corpus(tmp_path):
+    genes = [f"G{i}" for i in range(12)]
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(genes) + "\n")
+    out = tmp_path / "tiny.zarr"
+    build_corpus([_tiny_h5ad(tmp_path / "tiny.h5ad", genes, cells=60)], vocab, out)
+    return out
+
+
+def test_gene2vec_reads_a_user_file_and_rejects_a_wrong_dimension_or_format(tiny_corpus, tmp_path, cli):
+    good = tmp_path / "user.txt"
+    good.write_text("G0 1 0 0\nG1 0.9 0.1 0\ng2 0 1 0\nOTHER 0 0 1\n")  # lower-case g2 matches G2
+    code, stdout, stderr = cli("gene2vec", "--corpus", tiny_corpus, "--embeddings", good, "--dim", "3",
+                               "--neighbours", "G0")
+    assert code == 0, stderr
+    assert "3 of 12 vocabulary genes have a vector (25.0%)" in stdout
+    assert "G0: G1 0.99" in stdout
+    wide = tmp_path / "wide.txt"
+    wide.write_text("G0 1 2 3 4\nG1 1 2 3 4\n")
+    code, stdout, stderr = cli("gene2vec", "--corpus", tiny_corpus, "--embeddings", wide, "--dim", "200")
+    assert_one_line_error(code, stdout, stderr, str(wide), "4 dimensions", "dim is 200")
+    binary = tmp_path / "binary.bin"
+    binary.write_bytes(b"2 3\nG0 " + np.array([0.5, 0.0, -1.0], "<f4").tobytes() + b"\nG1 "
+                       + np.array([1e-3, 7.0, 2.0], "<f4").tobytes())  # word2vec's binary format
+    code, stdout, stderr = cli("gene2vec", "--corpus", tiny_corpus, "--embeddings", binary, "--dim", "3")
+    assert_one_line_error(code, stdout, stderr, str(binary), "is binary", "word2vec text format")
+    assert not list(tmp_path.glob("*.json"))  # reading a user file writes nothing
+
+
+def test_gene2vec_neighbours_option_and_threshold_recorded(tiny_corpus, tmp_path, cli):
+    out = tmp_path / "g2v.txt"
+    code, stdout, stderr = cli("gene2vec", "--corpus", tiny_corpus, "--out", out, "--dim", "8", "--epochs", "2",
+                               "--threshold", "-0.5", "--min-cells", "2", "--neighbours", "G0,NOPE")
+    assert code == 0, stderr
+    assert "correlation > -0.5" in stdout and "  G0: " in stdout and "NOPE: (no vector" in stdout
+    assert json.loads((tmp_path / "g2v.txt.json").read_text())["threshold"] == -0.5

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from omicsweep.cli.common import Overwrite, say, user_errors
-from omicsweep.errors import InputError
+from omicsweep.errors import ConfigError, InputError
 
 corpus_app = typer.Typer(no_args_is_help=True, help="Pretraining corpora on one gene vocabulary.")
 MARKERS = ("CD3E", "MS4A1", "CD14", "NKG7")
@@ -42,30 +42,60 @@ def corpus_build(
     say(f"wrote {out}: {summary['cells']} cells x {summary['vocabulary_genes']} genes, {summary['fingerprint']}")
 
 
-@user_errors
-def gene2vec(
-    corpus: Path = typer.Option(..., "--corpus", help="corpus store (omicsweep corpus build)"),
-    out: Path = typer.Option(..., "--out", help="embeddings to write (word2vec text format; <out>.json beside)"),
-    dim: int = typer.Option(200, help="embedding dimension (scBERT: 200)"),
-    threshold: Optional[float] = typer.Option(None, help="Pearson correlation above which two genes are a pair"),
-    max_genes: int = typer.Option(4096, help="genes considered: those detected in the most training cells"),
-    epochs: int = typer.Option(30, help="Word2Vec epochs"),
-    seed: int = typer.Option(0, help="Word2Vec seed"),
-    show: str = typer.Option(",".join(MARKERS), help="comma-separated genes whose nearest neighbours to print"),
-) -> None:
-    """Train gene2vec embeddings (skip-gram, window 1) on the corpus's co-expressed gene pairs."""
-    from omicsweep.models.gene2vec import DEFAULT_THRESHOLD, nearest_genes, train_gene2vec
+def _say_neighbours(path: Path, genes: str) -> None:
+    from omicsweep.models.gene2vec import nearest_genes
 
-    info = train_gene2vec(corpus, out, dim=dim, threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
-                          seed=seed, max_genes=max_genes, epochs=epochs)
-    say(f"wrote {out}: {info['genes_embedded']} genes x {dim} from {info['pairs']} pairs "
-          f"(correlation > {info['threshold']} among {info['genes_considered']} genes, {info['train_cells']} cells)")
-    for gene in [g.strip() for g in show.split(",") if g.strip()]:
+    for gene in [g.strip() for g in genes.split(",") if g.strip()]:
         try:
-            near = ", ".join(f"{g} {s:.2f}" for g, s in nearest_genes(out, gene, k=5))
+            near = ", ".join(f"{g} {s:.2f}" for g, s in nearest_genes(path, gene, k=5))
         except InputError:  # a marker the corpus pairs with nothing is reported, not fatal
             near = "(no vector: in no co-expressed pair)"
         say(f"  {gene}: {near}")
+
+
+def _check_user_file(corpus: Path, embeddings: Path, dim: int) -> None:
+    """A user's gene2vec file aligned to the corpus's vocabulary: the coverage, or a one-line error."""
+    from omicsweep.datasets.open import open_store
+    from omicsweep.models.gene2vec import read_gene2vec
+
+    _, coverage = read_gene2vec(embeddings, open_store(corpus).genes(), dim=dim)
+    say(f"{embeddings}: {coverage['file_genes']} genes x {coverage['dim']}; {coverage['covered']} of "
+        f"{coverage['vocab_genes']} vocabulary genes have a vector ({coverage['fraction']:.1%}), the rest are zero")
+
+
+@user_errors
+def gene2vec(
+    corpus: Path = typer.Option(..., "--corpus", help="corpus store (omicsweep corpus build)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="embeddings to write (word2vec text format; <out>.json beside)"),
+    embeddings: Optional[Path] = typer.Option(
+        None, "--embeddings", help="instead of training: check a gene2vec file (e.g. the published 200-d one) against "
+        "the corpus's vocabulary (coverage, --dim) and print neighbours from it"),
+    dim: int = typer.Option(200, help="embedding dimension (scBERT: 200)"),
+    threshold: Optional[float] = typer.Option(None, help="Pearson correlation above which two genes are a pair"),
+    max_genes: int = typer.Option(4096, help="genes considered: those detected in the most training cells"),
+    min_cells: int = typer.Option(10, help="genes considered: detected in at least this many training cells"),
+    epochs: int = typer.Option(30, help="Word2Vec epochs"),
+    seed: int = typer.Option(0, help="Word2Vec seed"),
+    neighbours: str = typer.Option(",".join(MARKERS), "--neighbours", "--show",
+                                   help="comma-separated genes whose 5 nearest neighbours (cosine) to print"),
+) -> None:
+    """Train gene2vec embeddings (skip-gram, window 1) on the corpus's co-expressed gene pairs, or check a user's."""
+    if embeddings is not None:
+        if out is not None:
+            raise ConfigError(f"--out {out} with --embeddings {embeddings}: give one (train, or check a file)")
+        _check_user_file(corpus, embeddings, dim)
+        _say_neighbours(embeddings, neighbours)
+        return
+    if out is None:
+        raise ConfigError("gene2vec: give --out FILE to train embeddings (or --embeddings FILE to check one)")
+    from omicsweep.models.gene2vec import DEFAULT_THRESHOLD, train_gene2vec
+
+    info = train_gene2vec(corpus, out, dim=dim, threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
+                          seed=seed, max_genes=max_genes, min_cells=min_cells, epochs=epochs)
+    say(f"wrote {out}: {info['genes_embedded']} genes x {dim} from {info['pairs']} pairs "
+        f"(correlation > {info['threshold']} among {info['genes_considered']} genes detected in {min_cells}+ of "
+        f"{info['train_cells']} training cells; recorded in {out}.json)")
+    _say_neighbours(out, neighbours)
 
 
 COMMANDS = {"gene2vec": gene2vec}

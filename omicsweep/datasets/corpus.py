@@ -20,6 +20,7 @@ or the file its provenance names as `source`), cells by cell id.
 
 from __future__ import annotations
 
+import re
 import shutil
 import uuid
 from dataclasses import dataclass, field
@@ -197,13 +198,23 @@ class _Assembler:
         return ids, split_codes
 
 
+def _unmatched_genes(genes: np.ndarray) -> str:
+    """What an input's gene names are when none matches the vocabulary: made up by a reader, Ensembl ids, other."""
+    names = [str(g) for g in genes]
+    first = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    if all(re.fullmatch(r"(gene_?)?\d+", g, flags=re.IGNORECASE) for g in names):
+        return f"has no gene names ({first}: made up by the reader, or plain numbers), so none is in"
+    if sum(bool(re.match(r"ENS[A-Z]*G\d{6}", g)) for g in names) > len(names) / 2:
+        return f"has Ensembl ids ({first}), not gene symbols (map them to symbols first), so none is in"
+    return f"none of its {len(names)} genes ({first}) is in"
+
+
 def _add_input(assembler: _Assembler, index: int, item: CorpusInput, vocab: list[str], vocab_path: Path,
                excluded_ids: set[str] | None, val_fraction: float, seed: int) -> dict[str, Any]:
     gene_map = GeneMap.build(item.genes, vocab)
     if gene_map.matched_inputs == 0:
-        first = ", ".join(map(str, item.genes[:3]))
-        raise InputError(f"{item.path}: none of its {len(item.genes)} genes ({first}, ...) is in the vocabulary "
-                         f"{vocab_path}; the input needs gene symbols")
+        raise InputError(f"{item.path}: {_unmatched_genes(item.genes)} the vocabulary {vocab_path}; the input needs "
+                         "gene symbols (e.g. CD3E)")
     keep = np.ones(len(item.cell_ids), dtype=bool) if excluded_ids is None else ~np.isin(item.cell_ids, list(excluded_ids))
     kept = int(keep.sum())
     n_val = int(round(kept * val_fraction))

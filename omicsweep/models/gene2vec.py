@@ -129,7 +129,15 @@ def train_gene2vec(corpus_store, out_txt, *, dim: int = 200, threshold: float = 
 
 
 def _parse_vectors(path: Path, dim: int | None) -> dict[str, np.ndarray]:
-    lines = path.read_text(errors="replace").splitlines()
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\x00" in text:
+        raise InputError(f"{path}: is binary (word2vec's binary format?); expected word2vec text format, "
+                         "'<gene> <v1> ... <vN>' a line (gensim: save_word2vec_format(..., binary=False))")
+    lines = text.splitlines()
     start = 0
     if lines and len(lines[0].split()) == 2 and all(p.isdigit() for p in lines[0].split()):
         start = 1  # word2vec text header "<genes> <dim>"
