@@ -271,3 +271,28 @@ def test_accumulation_with_deepspeed_is_refused(corpus, tmp_path, cli):
     assert_one_line_error(*cli("pretrain", "--corpus", corpus, "--runs", tmp_path / "runs", "--deepspeed", ds,
                                "--set", "accumulation=2"), "accumulation=2", "gradient_accumulation_steps")
     assert not (tmp_path / "runs").exists()
+
+
+def test_accumulated_step_uses_the_mean_of_its_micro_batch_losses(corpus):
+    """accumulation=2: one optimiser step moves the weights by -lr x the gradient of (loss_1 + loss_2) / 2, each
+    loss on its micro-batch's masked positions only (SGD's first step: the momentum buffer is the gradient)."""
+    import copy
+
+    from omicsweep.benchmark.pretrain import _mask, _one_step, _setup
+    from omicsweep.benchmark.strategies import Strategy
+    from omicsweep.models.performer import mlm_loss
+
+    config = {**tiny_config(accumulation=2, optimizer="sgd", lr=0.5, grad_clip=0, weight_decay=0.0), "seed": 0}
+    context = TrialContext(store_path=str(corpus), fingerprint=open_store(corpus).fingerprint,
+                           model="scbert_pretrain", defaults=config, seed=0)
+    torch.manual_seed(0)
+    run = _setup(context, config, Strategy())
+    reference = copy.deepcopy(run["model"])
+    batches = list(run["stream"])[:2]
+    _one_step(0, iter(batches), run["settings"], run)
+    losses = [mlm_loss(reference(_mask(b, 0, 0, 0, i, mask_prob=0.15)[0]), _mask(b, 0, 0, 0, i, mask_prob=0.15)[1])
+              for i, b in enumerate(batches)]
+    (sum(losses) / 2).backward()
+    for (name, moved), before in zip(run["model"].named_parameters(), reference.parameters()):
+        expected = before.detach() - 0.5 * (before.grad if before.grad is not None else 0)
+        assert torch.allclose(moved.detach(), expected, atol=1e-6), name
