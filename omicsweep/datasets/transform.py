@@ -120,7 +120,8 @@ def transform_cache_file(folder: str | Path, store: Store, scaling: str | None) 
     """Where the fitted transform of (store fingerprint, fold, scaling) lives in a cache `folder` (a run folder's
     transforms/): a small .npz of arrays, never a pickle."""
     fold = "all" if getattr(store, "fold", None) is None else f"fold{int(store.fold)}"
-    return Path(folder) / f"{store.fingerprint}-{fold}-{check_scaling(scaling)}.npz"
+    name = str(store.fingerprint).replace(":", "-")  # "sha256:..." -> a file name every filesystem takes
+    return Path(folder) / f"{name}-{fold}-{check_scaling(scaling)}.npz"
 
 
 def load_or_fit_transform(store: Store, scaling: str | None, folder: str | Path | None) -> ExpressionTransform:
