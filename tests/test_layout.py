@@ -205,3 +205,11 @@ def test_ingest_layout_option(cli, tmp_path):
     assert code == 0, stderr
     syn = Store(tmp_path / "syn.zarr")
     assert syn.layout["compressor"] == "zstd" and (np.diff(syn.labels()[syn.split_indices("train")]) >= 0).all()
+
+
+def test_row_blocks_read_at_once_equal_row_reads(tmp_path):
+    _write(tmp_path / "s.zarr", DEFAULT_LAYOUT)
+    store = Store(tmp_path / "s.zarr")
+    bounds = [(2048, 2112), (0, 64), (64, 65), (2990, 3000), (700, 700)]
+    for (start, stop), block in zip(bounds, store.read_row_blocks(bounds), strict=True):
+        assert block.shape == (stop - start, N_GENES) and (block != store.read_rows(start, stop)).nnz == 0

@@ -196,6 +196,14 @@ class CellBatches(IterableDataset):
             rows = rows[local]
         return rows, self._labels[start + local]
 
+    def _read_blocks_at_once(self, blocks: list[int], repeats: list[np.ndarray] | None):
+        bounds = [self._block_bounds(b) for b in blocks]
+        parts = []
+        for block, (start, stop), rows in zip(blocks, bounds, self.store.read_row_blocks(bounds)):
+            local = self._local_rows[block] if repeats is None else self._local_rows[block][repeats[block] > 0]
+            parts.append((rows if len(local) == stop - start else rows[local], self._labels[start + local]))
+        return parts
+
     def _read_buffer(self, group: list[tuple[int, np.ndarray]], index: int, repeats: list[np.ndarray] | None,
                      pool=None) -> GatherBuffer:
         """Decode one buffer of (block, positions) (in the prefetch thread, its blocks in the decode pool) and its
@@ -203,7 +211,12 @@ class CellBatches(IterableDataset):
         def read(item):
             return self._read_block(item[0], None if repeats is None else repeats[item[0]])
 
-        parts = list(pool.map(read, group)) if pool is not None and len(group) > 1 else [read(g) for g in group]
+        if getattr(type(self.store), "read_row_blocks", None) is not None:  # the class's: a wrapper's would delegate
+            parts = self._read_blocks_at_once([block for block, _ in group], repeats)
+        elif pool is not None and len(group) > 1:
+            parts = list(pool.map(read, group))
+        else:
+            parts = [read(g) for g in group]
         offsets = np.cumsum([0] + [len(p[1]) for p in parts[:-1]])
         take = np.concatenate([positions + offset for (_, positions), offset in zip(group, offsets)])
         if self.shuffle:

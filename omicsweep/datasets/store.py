@@ -29,7 +29,7 @@ import scipy.sparse as sp
 from omicsweep.atomic import replace_folder
 from omicsweep.datasets.splits import fold_to_split
 from omicsweep.datasets.store_base import StoreMetadata
-from omicsweep.datasets.store_layout import DEFAULT_LAYOUT, StoreLayout, configure_codec_pipeline, row_order
+from omicsweep.datasets.store_layout import DEFAULT_LAYOUT, StoreLayout, configure_codec_pipeline, read_ranges, row_order
 from omicsweep.errors import ConfigError, InputError
 from omicsweep.tasks import CELL_CLASSIFICATION
 
@@ -80,12 +80,8 @@ class StoreWriter:
     """Write a store row block by row block with bounded memory, atomically.
 
     Everything goes to a hidden sibling folder that is renamed into place by `finish`; on any error (or if
-    `finish` is never called) the folder is removed, so a failure leaves nothing.
-
-        with StoreWriter(out, genes=genes, nnz_per_row_hint=1000) as writer:
-            for block in blocks:
-                writer.append(block)
-            writer.finish(codes=..., classes=..., split_codes=..., cell_ids=..., provenance=...)
+    `finish` is never called) the folder is removed, so a failure leaves nothing. Use: `with StoreWriter(out,
+    genes=genes) as writer:`, `writer.append(block)` per row block, then `writer.finish(codes=..., ...)`.
     """
 
     def __init__(self, out: Path, *, genes: np.ndarray, nnz_per_row_hint: int | None = None, overwrite: bool = False,
@@ -111,8 +107,7 @@ class StoreWriter:
         self._done = False
 
     def _create_arrays(self, block: sp.csr_matrix) -> None:
-        """data/indices sized by the store's own non-zeros per row (the first block's mean; the legacy layout
-        keeps the caller's hint, as the first writer did)."""
+        """data/indices sized by the first block's mean non-zeros per row (legacy layout: the caller's hint)."""
         measured = -(-block.nnz // max(1, block.shape[0]))
         self.nnz_per_row = int(self._hint or 1000) if not self.layout.recorded else max(1, measured)
         chunk, shard = self.layout.value_counts(self.nnz_per_row)
@@ -296,7 +291,6 @@ class Store(StoreMetadata):
         self.indptr = np.asarray(x["indptr"][:], dtype=np.int64)
         self.rows_per_chunk = int(meta.get("rows_per_chunk", ROWS_PER_CHUNK))
         self.layout = dict(meta.get("layout") or {})  # empty: the first writer's layout (store_layout.LEGACY_LAYOUT)
-        # rows' worth of values per stored chunk: the smallest read that decodes little it does not need
         self.x_chunk_rows = int(self.layout.get("chunk_rows", self.rows_per_chunk))
         if self.fold is not None:
             self.fold = self._check_fold(self.fold)
@@ -383,6 +377,13 @@ class Store(StoreMetadata):
         indices = np.asarray(self._indices[lo:hi])
         indptr = self.indptr[start : stop + 1] - lo
         return sp.csr_matrix((data, indices, indptr), shape=(stop - start, self.n_genes))
+
+    def read_row_blocks(self, bounds: list[tuple[int, int]]) -> list[sp.csr_matrix]:
+        """Rows [start, stop) of every (start, stop) of `bounds` as CSR, their values read concurrently."""
+        spans = [(int(self.indptr[start]), int(self.indptr[stop])) for start, stop in bounds]
+        data, indices = read_ranges(self._data, spans), read_ranges(self._indices, spans)
+        return [sp.csr_matrix((d, i, self.indptr[a : b + 1] - lo), shape=(b - a, self.n_genes)) for (a, b), (lo, _), d, i
+                in zip(bounds, spans, data, indices)]
 
     def summary(self) -> dict[str, Any]:
         counts = np.bincount(self.labels(), minlength=len(self.classes))
