@@ -190,6 +190,21 @@ def test_external_test_store_aligned_to_the_training_store(cli, pbmc_store, tmp_
                                external.read_rows(0, 50).toarray()[:, list(external.genes()).index(gene)])
 
 
+def test_an_aligned_store_speaks_the_store_protocol_in_its_own_features(pbmc_store):
+    from omicsweep.datasets.protocol import SampleStore
+
+    store = Store(pbmc_store)
+    features = [*store.features()[:5][::-1], "NOT_A_GENE"]
+    aligned = align_to_genes(store, features)
+    assert isinstance(aligned, SampleStore)
+    assert aligned.n_features == aligned.n_genes == 6 and aligned.features().tolist() == features
+    assert aligned.n_samples == store.n_samples and aligned.sample_ids().tolist() == store.sample_ids().tolist()
+    block = aligned.read_rows(0, 20).toarray()
+    assert block.shape == (20, aligned.n_features) and not block[:, 5].any()
+    np.testing.assert_array_equal(block[:, 0], store.read_rows(0, 20).toarray()[:, 4])
+    assert aligned.summary()["genes"] == 6 and aligned.alignment["genes_missing"] == 1
+
+
 def test_label_filters_drop_named_labels_and_small_classes(pbmc_adata, tmp_path):
     adata = pbmc_adata.copy()
     adata.obs["bulk_labels"] = adata.obs["bulk_labels"].astype(str)

@@ -23,25 +23,28 @@ LISTED = 50  # missing names kept in `alignment` (counts are exact)
 
 
 class AlignedStore:
-    """A Store seen with another gene order (and class list); everything else is the underlying store's."""
+    """A Store seen with another feature order (and class list); everything else is the underlying store's.
+
+    Its features (`n_features`, `features()`, and the gene-named aliases `n_genes`, `genes()`) are the ones it
+    was aligned to, so it is a `datasets.protocol.SampleStore` of its own shape."""
 
     def __init__(self, store: Store, genes, *, classes: list[str] | None = None) -> None:
         self.store = store
-        self._genes = np.asarray(genes, dtype=str)
-        position = {g: i for i, g in enumerate(self._genes)}
-        own = store.genes()
+        self._features = np.asarray(genes, dtype=str)
+        position = {g: i for i, g in enumerate(self._features)}
+        own = store.features()
         self._column = np.asarray([position.get(g, -1) for g in own], dtype=np.int64)  # B column -> A column
         found = self._column[self._column >= 0]
         if len(found) == 0:
             raise InputError(
-                f"{store.path}: none of its {len(own)} genes is among the {len(self._genes)} genes to align to "
-                f"(e.g. {', '.join(self._genes[:3])}); are they named the same way (symbols vs ids)?"
+                f"{store.path}: none of its {len(own)} genes is among the {len(self._features)} genes to align to "
+                f"(e.g. {', '.join(self._features[:3])}); are they named the same way (symbols vs ids)?"
             )
-        present = np.zeros(len(self._genes), dtype=bool)
+        present = np.zeros(len(self._features), dtype=bool)
         present[found] = True
-        missing = self._genes[~present]
+        missing = self._features[~present]
         self.alignment: dict[str, Any] = {
-            "genes": int(len(self._genes)),
+            "genes": int(len(self._features)),
             "genes_found": int(present.sum()),
             "genes_missing": int(len(missing)),
             "missing_genes": missing[:LISTED].tolist(),
@@ -57,23 +60,27 @@ class AlignedStore:
             self.alignment["classes_unknown"] = unknown
             self.alignment["cells_unknown_class"] = int((self._labels < 0).sum())
 
-    def __getattr__(self, name: str):  # path, fingerprint, provenance, chunking, cell_ids, folds, ...
+    def __getattr__(self, name: str):  # path, fingerprint, provenance, chunking, sample ids, folds, ...
         return getattr(self.store, name)
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.store.n_cells, len(self._genes)
+        return self.store.n_samples, self.n_features
 
     @property
-    def n_genes(self) -> int:
-        return len(self._genes)
+    def n_features(self) -> int:
+        return len(self._features)
+
+    n_genes = n_features
+
+    def features(self) -> np.ndarray:
+        return self._features.copy()
+
+    genes = features
 
     @property
     def classes(self) -> list[str]:
         return list(self._classes)
-
-    def genes(self) -> np.ndarray:
-        return self._genes.copy()
 
     def labels(self) -> np.ndarray:
         return self._labels
@@ -87,12 +94,12 @@ class AlignedStore:
         columns = self._column[block.indices]
         kept = columns >= 0
         rows = np.repeat(np.arange(stop - start), np.diff(block.indptr))[kept]
-        return sp.csr_matrix((block.data[kept], (rows, columns[kept])), shape=(stop - start, len(self._genes)))
+        return sp.csr_matrix((block.data[kept], (rows, columns[kept])), shape=(stop - start, self.n_features))
 
     def summary(self) -> dict[str, Any]:
         return {
             **self.store.summary(),
-            "genes": self.n_genes,
+            "genes": self.n_features,
             "splits": {s: int(len(self.split_indices(s))) for s in SPLITS},
             "alignment": self.alignment,
         }
