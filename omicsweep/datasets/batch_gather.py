@@ -21,17 +21,17 @@ def block_rows_of_split(rows: np.ndarray, n_samples: int, block_rows: int) -> li
 class GatherBuffer:
     """Rows of several decoded CSR blocks (each already restricted to its wanted rows), read in `take` order.
 
-    take: positions into the concatenated rows, in the order batches use them (a position may repeat, for a
-    resampled row); `len(buffer)` is len(take).
+    take: positions into the blocks' rows one after the other, in the order batches use them (a position may
+    repeat, for a resampled row); `len(buffer)` is len(take). The blocks stay as decoded: a batch copies its rows'
+    values once, from the blocks into its own arrays (concatenating the buffer first would copy every value twice).
     """
 
     def __init__(self, blocks: list[sp.csr_matrix], labels: np.ndarray, take: np.ndarray, n_features: int):
-        self.data = np.concatenate([b.data for b in blocks]) if blocks else np.zeros(0, np.float32)
-        self.indices = np.concatenate([b.indices.astype(np.int32, copy=False) for b in blocks]) if blocks \
-            else np.zeros(0, np.int32)
-        lengths = np.concatenate([np.diff(b.indptr) for b in blocks]) if blocks else np.zeros(0, np.int64)
-        self.starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-        self.lengths = lengths.astype(np.int64)
+        self._data = [b.data for b in blocks]
+        self._indices = [b.indices for b in blocks]
+        self._block = np.repeat(np.arange(len(blocks)), [b.shape[0] for b in blocks])
+        self._lo = np.concatenate([b.indptr[:-1] for b in blocks]).astype(np.int64) if blocks else np.zeros(0, np.int64)
+        self._hi = np.concatenate([b.indptr[1:] for b in blocks]).astype(np.int64) if blocks else np.zeros(0, np.int64)
         self.labels, self.take, self.n_features = labels, take, n_features
 
     def __len__(self) -> int:
@@ -40,15 +40,14 @@ class GatherBuffer:
     def gather(self, lo: int, hi: int) -> tuple[sp.csr_matrix, np.ndarray]:
         """Rows take[lo:hi] as a CSR matrix of their own (freshly allocated, safe to keep) and their labels."""
         rows = self.take[lo:hi]
-        lengths = self.lengths[rows]
+        spans = list(zip(self._block[rows].tolist(), self._lo[rows].tolist(), self._hi[rows].tolist()))
         indptr = np.zeros(len(rows) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=indptr[1:])
-        nnz = int(indptr[-1])
-        source = np.repeat(self.starts[rows] - indptr[:-1], lengths) + np.arange(nnz, dtype=np.int64)
-        data, indices = np.empty(nnz, np.float32), np.empty(nnz, np.int32)
-        np.take(self.data, source, out=data)
-        np.take(self.indices, source, out=indices)
-        indptr = indptr.astype(np.int32) if nnz < np.iinfo(np.int32).max else indptr
+        np.cumsum(self._hi[rows] - self._lo[rows], out=indptr[1:])
+        if not spans:
+            return sp.csr_matrix((0, self.n_features), dtype=np.float32), self.labels[rows]
+        data = np.concatenate([self._data[b][a:z] for b, a, z in spans], dtype=np.float32)
+        indices = np.concatenate([self._indices[b][a:z] for b, a, z in spans], dtype=np.int32)
+        indptr = indptr.astype(np.int32) if indptr[-1] < np.iinfo(np.int32).max else indptr
         matrix = sp.csr_matrix((data, indices, indptr), shape=(len(rows), self.n_features), copy=False)
         return matrix, self.labels[rows]
 

@@ -382,8 +382,8 @@ class Store(StoreMetadata):
         """Rows [start, stop) of every (start, stop) of `bounds` as CSR, their values read concurrently."""
         spans = [(int(self.indptr[start]), int(self.indptr[stop])) for start, stop in bounds]
         data, indices = read_ranges(self._data, spans), read_ranges(self._indices, spans)
-        return [sp.csr_matrix((d, i, self.indptr[a : b + 1] - lo), shape=(b - a, self.n_genes)) for (a, b), (lo, _), d, i
-                in zip(bounds, spans, data, indices)]
+        return [sp.csr_matrix((d, i, (self.indptr[a : b + 1] - lo).astype(i.dtype)), shape=(b - a, self.n_genes))
+                for (a, b), (lo, _), d, i in zip(bounds, spans, data, indices)]
 
     def summary(self) -> dict[str, Any]:
         counts = np.bincount(self.labels(), minlength=len(self.classes))
