@@ -73,6 +73,7 @@ PLOTS_ARTIFACTS = "plots"  # a run's report figures
 # files of a checkpoint folder
 MODEL_FILE = "model.pt"  # a torch model's state_dict
 ESTIMATOR_FILE = "estimator.skops"  # an estimator (models/estimator_state.py)
+XGBOOST_FILE = "estimator.ubj"  # an xgboost model in its own UBJSON format (models/xgboost_model.py)
 TRANSFORM_FILE = "transform.npz"  # the fitted scaling
 TRIAL_FILE = "trial.json"  # the trial's configuration and task
 PREDICTIONS_FILE = "test_predictions.npz"  # y_true and proba of the test split

@@ -73,7 +73,7 @@ class TrainedModel:
             with torch.no_grad():
                 x = torch.from_numpy(np.asarray(dense, dtype=np.float32))
                 return torch.softmax(run_model(self.model, x).float(), dim=1).numpy()
-        from omicsweep.benchmark.training import full_proba
+        from omicsweep.benchmark.estimator_fit import full_proba
 
         return full_proba(self.model, dense, len(self.classes))
 
@@ -104,7 +104,7 @@ def _load_model(entry, config: dict[str, Any], task, folder: Path) -> Any:
     """The fitted model: torch weights into a freshly built module, or the estimator's skops file."""
     import torch
 
-    from omicsweep.models.estimator_state import ESTIMATOR_FILE, load_estimator
+    from omicsweep.models.estimator_state import ESTIMATOR_FILE, load_estimator, state_file
 
     if entry.family == "torch":
         from omicsweep.models.ensemble import build_torch_model  # an `ensemble` config holds several members
@@ -117,7 +117,8 @@ def _load_model(entry, config: dict[str, Any], task, folder: Path) -> Any:
     if not (folder / ESTIMATOR_FILE).exists() and (folder / "estimator.npz").exists():
         raise InputError(f"{folder}: an estimator checkpoint from before {ESTIMATOR_FILE} (estimator.npz); "
                          "re-run the trial with `omicsweep reproduce RUN_ID` to get one predict can load")
-    return load_estimator(folder / ESTIMATOR_FILE, type(entry.build(config, task)))
+    kind = type(entry.build(config, task))
+    return load_estimator(folder / state_file(kind), kind)  # skops, or the class's own format (xgboost's UBJSON)
 
 
 def load_trained_model(folder: Path, model: str) -> TrainedModel:

@@ -8,7 +8,6 @@ transform.npz, the model (model.pt: a state_dict of `build_torch_model(entry, co
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -17,18 +16,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from omicsweep.benchmark.estimator_fit import common_files as _common_files, fit_estimator, prefixed as _prefixed
 from omicsweep.benchmark.metrics import classification_metrics
 from omicsweep.benchmark.options import LOSSES, TORCH_CONFIG_KEYS, TRIAL_CONFIG_KEYS, option, validate_options
 from omicsweep.benchmark.strategies import Strategy
 from omicsweep.benchmark.training_options import make_loss, make_lr_schedule, make_optimizer, model_parameters
-from omicsweep.datasets.loader import CellBatches, load_split, training_batches
+from omicsweep.datasets.loader import CellBatches, training_batches
 from omicsweep.datasets.transform import ExpressionTransform
-from omicsweep.datasets.resample import apply_class_weight, resample_arrays
 from omicsweep.datasets.store import Store
 from omicsweep.errors import ConfigError
 from omicsweep.models.base import ModelEntry, Task
 from omicsweep.models.ensemble import EnsembleClassifier, ensemble_size
-from omicsweep.models.estimator_state import ESTIMATOR_FILE, save_estimator
 from omicsweep.models.featurise import DEFAULT_FEATURISER, as_inputs, run_model
 from omicsweep.schema import TRAIN_SECONDS
 
@@ -53,21 +51,6 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def _prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
-    return {f"{prefix}_{k}": v for k, v in metrics.items()}
-
-
-def _common_files(inputs: FitInputs) -> dict[str, Callable[[str], None]]:
-    def write_config(path: str) -> None:
-        with open(path, "w") as fh:
-            json.dump({"config": inputs.config, "seed": inputs.seed, "classes": inputs.store.classes}, fh, default=str)
-
-    return {
-        "transform.npz": lambda path: np.savez(path, **inputs.transform.to_arrays()),
-        "trial.json": write_config,
-    }
 
 
 # ---- torch training options (config keys loss, optimizer, schedule, grad_clip; all optional) --------------------
@@ -292,42 +275,6 @@ def fit_torch(entry: ModelEntry, inputs: FitInputs, report: Report) -> None:
         report(metrics, files)
         if since_best >= int(cfg["patience"]):
             break
-
-
-# ---- estimators --------------------------------------------------------------------------------------------------
-
-
-def full_proba(estimator, x: np.ndarray, n_classes: int) -> np.ndarray:
-    """predict_proba with a column for every class, including classes absent from training."""
-    proba = np.zeros((len(x), n_classes))
-    proba[:, np.asarray(estimator.classes_, dtype=np.int64)] = estimator.predict_proba(x)
-    return proba
-
-
-def fit_estimator(entry: ModelEntry, inputs: FitInputs, report: Report) -> None:
-    started = time.perf_counter()
-    estimator = entry.build(inputs.config, inputs.task)
-    x_train, y_train = load_split(inputs.store, "train", inputs.transform)
-    # datasets: class imbalance on the training split only (config resample, class_weight)
-    x_train, y_train = resample_arrays(x_train, y_train, inputs.config, seed=inputs.seed)
-    apply_class_weight(estimator, inputs.config)
-    estimator.fit(x_train, y_train)
-    n_classes = inputs.task.n_classes
-    metrics: dict[str, Any] = {"epoch": 1}
-    for split in ("val", "test"):
-        x, y = load_split(inputs.store, split, inputs.transform)
-        proba = full_proba(estimator, x, n_classes)
-        metrics.update(_prefixed(split, classification_metrics(y, proba)))
-        metrics[f"{split}_loss"] = float(-np.mean(np.log(np.clip(proba[np.arange(len(y)), y], 1e-12, None))))
-    metrics["best_val"] = metrics[f"val_{inputs.metric}"]
-    metrics["epoch_time_s"] = time.perf_counter() - started
-    test_y, test_proba = y, proba  # the loop ends on the test split
-    files = {
-        **_common_files(inputs),
-        ESTIMATOR_FILE: lambda path: save_estimator(estimator, path),
-        "test_predictions.npz": lambda path: np.savez(path, y_true=test_y, proba=test_proba),
-    }
-    report(metrics, files)
 
 
 FITTERS = {"torch": fit_torch, "estimator": fit_estimator}
