@@ -42,14 +42,14 @@ def corpus_build(
     say(f"wrote {out}: {summary['cells']} cells x {summary['vocabulary_genes']} genes, {summary['fingerprint']}")
 
 
-def _say_neighbours(path: Path, genes: str) -> None:
+def _say_neighbours(path: Path, genes: str, missing: str) -> None:
     from omicsweep.models.gene2vec import nearest_genes
 
     for gene in [g.strip() for g in genes.split(",") if g.strip()]:
         try:
             near = ", ".join(f"{g} {s:.2f}" for g, s in nearest_genes(path, gene, k=5))
-        except InputError:  # a marker the corpus pairs with nothing is reported, not fatal
-            near = "(no vector: in no co-expressed pair)"
+        except InputError:  # a marker without a vector is reported, not fatal
+            near = f"(no vector: {missing})"
         say(f"  {gene}: {near}")
 
 
@@ -84,7 +84,7 @@ def gene2vec(
         if out is not None:
             raise ConfigError(f"--out {out} with --embeddings {embeddings}: give one (train, or check a file)")
         _check_user_file(corpus, embeddings, dim)
-        _say_neighbours(embeddings, neighbours)
+        _say_neighbours(embeddings, neighbours, f"not in {embeddings}")
         return
     if out is None:
         raise ConfigError("gene2vec: give --out FILE to train embeddings (or --embeddings FILE to check one)")
@@ -95,7 +95,7 @@ def gene2vec(
     say(f"wrote {out}: {info['genes_embedded']} genes x {dim} from {info['pairs']} pairs "
         f"(correlation > {info['threshold']} among {info['genes_considered']} genes detected in {min_cells}+ of "
         f"{info['train_cells']} training cells; recorded in {out}.json)")
-    _say_neighbours(out, neighbours)
+    _say_neighbours(out, neighbours, "not among the --max-genes most detected genes, or in no pair above --threshold")
 
 
 COMMANDS = {"gene2vec": gene2vec}
