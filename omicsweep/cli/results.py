@@ -176,7 +176,7 @@ def _predict_pairs(input: Path, trained, out: Path, by: str) -> None:
 
     store = prediction.read_pair_store(input, trained)
     prediction.write_pair_predictions(store, prediction.predict_pairs(trained, store), out)
-    console.print(f"wrote {out}: {store.n_cells} gene pairs labelled by {by}; images "
+    console.print(f"wrote {out}: {store.n_samples} gene pairs labelled by {by}; images "
                   f"{store.bins}x{store.bins}, sigma {store.sigma:g})", highlight=False)
 
 

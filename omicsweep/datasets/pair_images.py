@@ -133,20 +133,20 @@ class PairImages:
         return {**self.pairs.source_provenance, "value_kind": "image", "bins": self.bins, "sigma": self.sigma}
 
     @property
-    def n_genes(self) -> int:
+    def n_features(self) -> int:
         return self.bins * self.bins
 
-    n_features = n_genes
+    n_genes = n_features  # the cell-named alias the loader reads
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return image_shape(self.bins)
 
-    def genes(self) -> np.ndarray:
+    def features(self) -> np.ndarray:
         """Names of a sample's values: the image's pixel names."""
         return pixel_names(self.bins)
 
-    features = genes
+    genes = features
 
     def read_rows(self, start: int, stop: int) -> sp.csr_matrix:
         return sp.csr_matrix(self.images()[start:stop])

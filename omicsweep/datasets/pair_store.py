@@ -48,9 +48,10 @@ def is_pair_store(location: Any) -> bool:
 class PairTaskStore(StoreMetadata):
     """Gene pairs with labels and splits (samples are pairs); a row's values are its image in the default view.
 
-    `imaged(bins, sigma)`: the pairs as images at other settings (CNNC's featuriser). The loader-facing names are
-    the Store's: `n_cells` = pairs, `n_genes` = pixels, `read_rows` = images as CSR. `fold`: in a k-fold store,
-    the data-part fold held out as the test split.
+    `imaged(bins, sigma)`: the pairs as images at other settings (CNNC's featuriser). Samples are pairs, features
+    the default view's pixels, `read_rows` the images as CSR (datasets.protocol.SampleStore); the cell-named
+    aliases the loader reads (`n_cells`, `n_genes`, `genes()`, `cell_ids()`) are the same. `fold`: in a k-fold
+    store, the data-part fold held out as the test split.
     """
 
     task_kind = GENE_PAIR_IMAGE
@@ -84,12 +85,16 @@ class PairTaskStore(StoreMetadata):
         return self.imaged().provenance
 
     @property
-    def n_cells(self) -> int:
+    def n_samples(self) -> int:
         return len(self._arrays["label"])
 
+    n_cells = n_samples
+
     @property
-    def n_genes(self) -> int:
-        return self.imaged().n_genes
+    def n_features(self) -> int:
+        return self.imaged().n_features
+
+    n_genes = n_features
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -99,9 +104,11 @@ class PairTaskStore(StoreMetadata):
     def n_folds(self) -> int:
         return int(self.meta.get("n_folds", 0))
 
-    def genes(self) -> np.ndarray:
+    def features(self) -> np.ndarray:
         """Names of a sample's values in the default view: the image's pixel names (`pixel_names`)."""
-        return self.imaged().genes()
+        return self.imaged().features()
+
+    genes = features
 
     def pair_genes(self) -> tuple[np.ndarray, np.ndarray]:
         names = np.asarray(self.meta["genes"], dtype=str)
@@ -115,9 +122,12 @@ class PairTaskStore(StoreMetadata):
         """Each of the store's genes' column in the expression store."""
         return self._arrays["columns"]
 
-    def cell_ids(self) -> np.ndarray:
+    def sample_ids(self) -> np.ndarray:
+        """'GENE_A|GENE_B' per pair."""
         a, b = self.pair_genes()
         return np.char.add(np.char.add(a, "|"), b)
+
+    cell_ids = sample_ids
 
     def labels(self) -> np.ndarray:
         return self._arrays["label"].astype(np.int64)
@@ -160,7 +170,7 @@ class PairTaskStore(StoreMetadata):
         return sp.vstack(blocks, format="csr")
 
     def describe(self) -> str:
-        return (f"{self.n_cells} gene pairs ({self.task_kind}), {len(self.classes)} classes, "
+        return (f"{self.n_samples} gene pairs ({self.task_kind}), {len(self.classes)} classes, "
                 f"expression {self.meta['expression']['location']}")
 
     def summary(self) -> dict[str, Any]:
@@ -169,7 +179,7 @@ class PairTaskStore(StoreMetadata):
         return {
             "path": str(self.path),
             "task": self.task_kind,
-            "pairs": self.n_cells,
+            "pairs": self.n_samples,
             "classes": dict(zip(self.classes, counts.tolist())),
             "splits": {s: int(len(self.split_indices(s))) for s in SPLITS},
             **({"folds": [{s: int(len(self.split_indices(s, k))) for s in SPLITS} for k in folds]} if self.n_folds else {}),
