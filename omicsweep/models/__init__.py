@@ -6,8 +6,6 @@ import importlib
 import pkgutil
 
 from omicsweep.models.base import (
-    CELL_CLASSIFICATION,
-    GENE_PAIR_IMAGE,
     ModelEntry,
     Task,
     available_models,
@@ -15,6 +13,7 @@ from omicsweep.models.base import (
     models_for_task,
     register,
 )
+from omicsweep.tasks import CELL_CLASSIFICATION, GENE_PAIR_IMAGE
 
 __all__ = ["CELL_CLASSIFICATION", "GENE_PAIR_IMAGE", "ModelEntry", "Task", "available_models", "get_model",
            "load_all", "models_for_task", "register"]

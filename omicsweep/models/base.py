@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
 
 from omicsweep.errors import ConfigError, UnknownNameError
-from omicsweep.tasks import CELL_CLASSIFICATION, GENE_PAIR_IMAGE  # noqa: F401 - re-exported
+from omicsweep.tasks import CELL_CLASSIFICATION
 
 Family = Literal["torch", "estimator"]
 
