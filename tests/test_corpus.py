@@ -225,3 +225,11 @@ def test_gene2vec_neighbours_option_and_threshold_recorded(tiny_corpus, tmp_path
     assert code == 0, stderr
     assert "correlation > -0.5" in stdout and "  G0: " in stdout and "NOPE: (no vector" in stdout
     assert json.loads((tmp_path / "g2v.txt.json").read_text())["threshold"] == -0.5
+
+
+def test_a_table_given_as_vocabulary_is_refused(tmp_path, cli):
+    table = tmp_path / "landmarks.tsv"  # e.g. the L1000 landmark table: several columns a line
+    table.write_text("pr_gene_symbol\tpr_gene_id\nCD3E\t916\nLYZ\t4069\n")
+    code, stdout, stderr = cli("corpus", "build", table, "--vocab", table, "--out", tmp_path / "c.zarr")
+    assert_one_line_error(code, stdout, stderr, str(table), "line 1 has 2 fields", "one gene symbol a line")
+    assert not (tmp_path / "c.zarr").exists()

@@ -49,6 +49,10 @@ def read_vocabulary(path: Path) -> list[str]:
     genes = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not genes:
         raise InputError(f"{path}: the vocabulary is empty; expected one gene symbol a line")
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if len(line.split()) > 1:
+            raise InputError(f"{path}: line {number} has {len(line.split())} fields ({line.strip()[:40]!r}); a "
+                             "vocabulary is one gene symbol a line (cut the symbol column out of a table)")
     seen: dict[str, int] = {}
     for number, gene in enumerate(genes, start=1):
         if gene in seen:
