@@ -18,8 +18,8 @@ writing leaves the previous checkpoint intact:
                   checkpoint upload, where every rank reports its folder). The trial's LR scheduler (a torch
                   one on the engine's basic optimiser, see strategies.DeepSpeed) is in TORCH_FILE beside it
 
-Where ranks write to different local folders (Ray Train gives each its own temporary folder), each rank swaps
-its own; where they share one, rank 0 does.
+Ranks may write one shared folder or each its own (Ray Train gives each worker a temporary folder; node-local
+disks): of the ranks that see the same folder, the lowest swaps it into place.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import hashlib
 import json
 import os
 import shutil
-import socket
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -177,12 +177,22 @@ def _staging(folder: Path, step: int) -> Path:
     return folder.parent / f".{folder.name}.partial-step{step}"
 
 
-def _swappers(strategy, folder: Path) -> bool:
-    """True on the rank(s) that swap `folder` into place: every rank when the ranks' folders differ (Ray Train's
-    per-worker temporary folders), rank 0 when they share one."""
-    places = _gather(strategy, (socket.gethostname(), str(folder.resolve())))
-    shared = places.count(places[strategy.rank]) > 1
-    return strategy.rank == 0 or not shared
+def _swappers(strategy, folder: Path, step: int) -> bool:
+    """True on the one rank of each group of ranks that see the same `folder` (a folder shared by all ranks, Ray
+    Train's per-worker temporary folders, node-local folders of one path): the lowest rank that sees it swaps it
+    into place. Ranks find who shares by the probe files they see, not by path, which differs from filesystem to
+    filesystem."""
+    if strategy.world_size == 1:
+        return True
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    nonce = _gather(strategy, uuid.uuid4().hex)[0]  # rank 0's: a killed run's stale probes never match
+    probe = folder.parent / f".{folder.name}.probe-{nonce}-rank"
+    Path(f"{probe}{strategy.rank}").touch()
+    _barrier(strategy)
+    seen = [r for r in range(strategy.world_size) if Path(f"{probe}{r}").exists()]
+    _barrier(strategy)
+    Path(f"{probe}{strategy.rank}").unlink(missing_ok=True)
+    return min(seen) == strategy.rank
 
 
 def save_checkpoint(folder: str | os.PathLike, *, strategy, model, optimizer, scheduler=None, step: int,
@@ -194,7 +204,7 @@ def save_checkpoint(folder: str | os.PathLike, *, strategy, model, optimizer, sc
     scheduler: a torch LR scheduler or the loop's StepSchedule (training_options), or None."""
     folder = Path(folder)
     staging = _staging(folder, step)
-    swapper = _swappers(strategy, folder)
+    swapper = _swappers(strategy, folder, step)
     if swapper:
         shutil.rmtree(staging, ignore_errors=True)  # a run killed while writing this step left it
     _barrier(strategy)
