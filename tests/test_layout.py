@@ -213,3 +213,14 @@ def test_row_blocks_read_at_once_equal_row_reads(tmp_path):
     bounds = [(2048, 2112), (0, 64), (64, 65), (2990, 3000), (700, 700)]
     for (start, stop), block in zip(bounds, store.read_row_blocks(bounds), strict=True):
         assert block.shape == (stop - start, N_GENES) and (block != store.read_rows(start, stop)).nnz == 0
+
+
+@pytest.mark.parametrize("scaling", ["minmax", "zscore", "none"])
+def test_host_densifier_is_bitwise_the_transform_of_the_dense_matrix(tmp_path, scaling):
+    from omicsweep.datasets.batch_gather import HostDensifier
+
+    _write(tmp_path / "s.zarr", DEFAULT_LAYOUT)
+    store = Store(tmp_path / "s.zarr")
+    transform = fit_transform_on_train(store, scaling)
+    rows = store.read_rows(0, 500)
+    assert np.array_equal(HostDensifier(transform)(rows), transform(rows.toarray().astype(np.float32)))

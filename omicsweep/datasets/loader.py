@@ -17,7 +17,7 @@ from omicsweep.datasets.resample import (
     resample_target,
     smote_resample,
 )
-from omicsweep.datasets.batch_gather import DeviceDensifier, GatherBuffer, block_rows_of_split
+from omicsweep.datasets.batch_gather import DeviceDensifier, GatherBuffer, HostDensifier, block_rows_of_split
 from omicsweep.datasets.store import SPLITS, Store
 from omicsweep.datasets.transform import ExpressionTransform
 from omicsweep.errors import ConfigError
@@ -140,6 +140,8 @@ class CellBatches(IterableDataset):
         self.blocks_per_buffer = max(1, self.buffer_chunks * store.rows_per_chunk // self.block_rows)
         self.threads = max(1, int(threads))
         self._densify = DeviceDensifier(transform, device) if device is not None and featurise is None else None
+        known = isinstance(transform, ExpressionTransform) and transform.scaling in ("minmax", "zscore", "none")
+        self._host_densify = HostDensifier(transform) if known and device is None and featurise is None else None
         self._local_rows = block_rows_of_split(store.split_indices(split), store.n_cells, self.block_rows)
         self._labels = store.labels()
         self.n_cells = int(sum(len(r) for r in self._local_rows))
@@ -247,6 +249,8 @@ class CellBatches(IterableDataset):
             return self.featurise(matrix, self._genes, self.transform), torch.from_numpy(labels.astype(np.int64))
         if self._densify is not None:
             return self._densify(matrix), torch.from_numpy(labels.astype(np.int64)).to(self._densify.device)
+        if self._host_densify is not None:
+            return torch.from_numpy(self._host_densify(matrix)), torch.from_numpy(labels.astype(np.int64))
         dense = self.transform(matrix.toarray().astype(np.float32, copy=False))
         return torch.from_numpy(dense), torch.from_numpy(labels.astype(np.int64))
 
