@@ -1,16 +1,23 @@
-"""Streaming-loader benchmark: our shuffled stream vs raw zarr decode vs anndata backed random reads.
+"""Streaming-loader benchmark, side by side: our stream (store layouts old and new) vs raw decode, anndata backed,
+scDataset and annbatch, on the store and on a label-sorted copy.
 
     .venv/bin/python perf/loader_benchmark.py                      # 1,000,000 x 20,000, ~1,000 nnz per cell
-    .venv/bin/python perf/loader_benchmark.py --cells 100000       # quicker
+    .venv/bin/python perf/loader_benchmark.py --cells 100000       # quick mode
 
-Builds (once, cached in --workdir) a synthetic count corpus with `omicsweep datasets synth`'s generator and an
-uncompressed h5ad copy of the same matrix, then measures, each in a fresh process and on the same data:
-  raw decode     chunk-by-chunk sequential read of the store (no shuffle, no filtering)
-  stream (csr)   CellBatches over the training split, block-shuffled, prefetching, sparse batches
-  stream (dense) the same, densified and min-max transformed (what a CPU torch model eats)
-  anndata backed random batches of training cells from read_h5ad(backed='r')
-plus the loader's peak RSS and label mixing (class entropy of shuffled vs fully random batches).
-Results go to perf/RESULTS.md.
+Builds (once, cached in --workdir) synthetic count corpora with `omicsweep datasets synth`'s generator: the same
+matrix in the current layout (store_layout.DEFAULT_LAYOUT) and the first writer's (LEGACY_LAYOUT), each with rows
+in generator order (types drawn per row: every loader looks mixed) and label-sorted within each split (as real
+stores grouped by sample or type), plus uncompressed h5ad copies of the current-layout stores. Then measures, each
+in a fresh process, interleaved, medians of --repeats:
+  raw decode      sequential read of the training rows, chunk by chunk (no shuffle): the ceiling
+  stream csr      CellBatches over the training split, block-shuffled, CSR batches
+  stream dense    the same, densified and min-max transformed on the host (what a CPU torch model eats)
+  stream device   the same, CSR sent to a torch device and densified there (device cpu here; cuda on a GPU)
+  anndata backed  random batches of training cells from read_h5ad(backed='r')
+  scDataset       scDataset's BlockShuffling over the backed h5ad (bench extra: pip install omicsweep[bench])
+  annbatch        needs Python >= 3.12 in its own venv (perf/requirements-annbatch.txt); skipped with one line here
+Each reports cells/s, peak RSS and mean batch label entropy as a share of fully random batches'.
+The table goes to the loader section of perf/RESULTS.md (other sections are kept).
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import argparse
 import multiprocessing as mp
 import os
 import platform
-import resource
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -28,22 +35,35 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 BATCH = 256
+SECTION = "## Loader benchmark"
+LAYOUTS = ("new", "legacy")
 
 
-def build_corpus(workdir: Path, cells: int, genes: int, nnz: int) -> tuple[Path, Path]:
+def _store_path(workdir: Path, cells: int, genes: int, nnz: int, layout: str, label_sorted: bool) -> Path:
+    return workdir / f"synth-{cells}x{genes}-{nnz}-{layout}{'-sorted' if label_sorted else ''}.zarr"
+
+
+def build_corpus(workdir: Path, cells: int, genes: int, nnz: int) -> dict[str, Path]:
+    from omicsweep.datasets.store_layout import DEFAULT_LAYOUT, LEGACY_LAYOUT
     from omicsweep.datasets.synth import write_synthetic
 
-    store = workdir / f"synth-{cells}x{genes}-{nnz}.zarr"
-    h5ad = workdir / f"synth-{cells}x{genes}-{nnz}.h5ad"
-    if not store.exists():
-        started = time.time()
-        write_synthetic(store, cells=cells, genes=genes, nnz_per_cell=nnz, seed=0)
-        print(f"wrote {store} in {time.time() - started:.0f}s", flush=True)
-    if not h5ad.exists():
-        started = time.time()
-        write_h5ad_copy(store, h5ad)
-        print(f"wrote {h5ad} in {time.time() - started:.0f}s", flush=True)
-    return store, h5ad
+    paths = {}
+    for layout in LAYOUTS:
+        for label_sorted in (False, True):
+            store = _store_path(workdir, cells, genes, nnz, layout, label_sorted)
+            if not store.exists():
+                started = time.time()
+                write_synthetic(store, cells=cells, genes=genes, nnz_per_cell=nnz, seed=0, label_sorted=label_sorted,
+                                layout=DEFAULT_LAYOUT if layout == "new" else LEGACY_LAYOUT)
+                print(f"wrote {store} in {time.time() - started:.0f}s", flush=True)
+            paths[f"{layout}{'-sorted' if label_sorted else ''}"] = store
+    for label_sorted in (False, True):
+        key = "new-sorted" if label_sorted else "new"
+        h5ad = paths[key].with_suffix(".h5ad")
+        if not h5ad.exists():
+            write_h5ad_copy(paths[key], h5ad)
+        paths[f"h5ad{'-sorted' if label_sorted else ''}"] = h5ad
+    return paths
 
 
 def write_h5ad_copy(store_path: Path, out: Path) -> None:
@@ -85,47 +105,62 @@ def _peak_rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return 0.0
+
+
+def _entropy(labels: np.ndarray, n_classes: int) -> float:
+    counts = np.bincount(labels, minlength=n_classes)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def _mixing(batches: list[np.ndarray], store_path: str) -> float:
+    """Mean batch label entropy as a share of that of batches drawn uniformly from the training split."""
+    from omicsweep.datasets import Store
+
+    store = Store(store_path)
+    n_classes, train = len(store.classes), store.labels()[store.split_indices("train")]
+    rng = np.random.default_rng(0)
+    random = np.mean([_entropy(rng.choice(train, BATCH, replace=False), n_classes) for _ in range(200)])
+    return float(np.mean([_entropy(b, n_classes) for b in batches]) / random) if batches else float("nan")
+
+
+def _result(cells: int, started: float, labels: list[np.ndarray] | None, store_path: str) -> dict:
+    seconds = time.perf_counter() - started
+    return {"cells": cells, "seconds": seconds, "rss_mb": _peak_rss_mb(),
+            "mixing": _mixing(labels, store_path) if labels is not None else float("nan")}
 
 
 def measure_raw_decode(store_path: str, limit: int) -> dict:
     from omicsweep.datasets import Store
 
     store = Store(store_path)
+    train = store.split_indices("train")
     started, cells = time.perf_counter(), 0
-    for chunk in range(store.n_chunks):
-        start, stop = store.chunk_bounds(chunk)
-        cells += store.read_rows(start, stop).shape[0]
+    for start in range(int(train[0]), int(train[-1]) + 1, store.rows_per_chunk):
+        cells += store.read_rows(start, min(start + store.rows_per_chunk, int(train[-1]) + 1)).shape[0]
         if cells >= limit:
             break
-    return {"cells": cells, "seconds": time.perf_counter() - started, "rss_mb": _peak_rss_mb()}
+    return _result(cells, started, None, store_path)
 
 
 def measure_stream(store_path: str, limit: int, output: str) -> dict:
     from omicsweep.datasets import CellBatches, Store
-    from omicsweep.datasets.loader import ExpressionTransform
+    from omicsweep.datasets.transform import ExpressionTransform
 
     store = Store(store_path)
     transform = None
-    if output == "dense":  # a fitted transform's cost, without the fitting pass
+    if output != "csr":  # a fitted transform's cost, without the fitting pass
         transform = ExpressionTransform(True, np.zeros(store.n_genes, np.float32), np.full(store.n_genes, 5.0, np.float32))
-    batches = CellBatches(store, "train", batch_size=BATCH, transform=transform, shuffle=True, seed=0, output=output)
-    started, cells, entropies = time.perf_counter(), 0, []
-    n_classes = len(store.classes)
-    for _, labels in batches:
-        labels = np.asarray(labels)
-        cells += len(labels)
-        entropies.append(_entropy(np.bincount(labels, minlength=n_classes)))
+    batches = CellBatches(store, "train", batch_size=BATCH, transform=transform, shuffle=True, seed=0,
+                          output="csr" if output == "csr" else "dense", device="cpu" if output == "device" else None)
+    started, cells, labels = time.perf_counter(), 0, []
+    for _, y in batches:
+        labels.append(np.asarray(y))
+        cells += len(y)
         if cells >= limit:
             break
-    seconds = time.perf_counter() - started
-    train_labels = store.labels()[store.split_indices("train")]
-    rng = np.random.default_rng(0)
-    random_entropy = np.mean([
-        _entropy(np.bincount(rng.choice(train_labels, BATCH, replace=False), minlength=n_classes)) for _ in range(200)
-    ])
-    return {"cells": cells, "seconds": seconds, "rss_mb": _peak_rss_mb(),
-            "entropy": float(np.mean(entropies)), "random_entropy": float(random_entropy)}
+    return _result(cells, started, labels, store_path)
 
 
 def measure_anndata_backed(h5ad_path: str, store_path: str, limit: int) -> dict:
@@ -133,24 +168,134 @@ def measure_anndata_backed(h5ad_path: str, store_path: str, limit: int) -> dict:
 
     from omicsweep.datasets import Store
 
-    train = Store(store_path).split_indices("train")
+    store = Store(store_path)
+    train, codes = store.split_indices("train"), store.labels()
     adata = ad.read_h5ad(h5ad_path, backed="r")
     rng = np.random.default_rng(0)
-    started, cells = time.perf_counter(), 0
+    started, cells, labels = time.perf_counter(), 0, []
     while cells < limit:
         rows = np.sort(rng.choice(train, BATCH, replace=False))
         cells += adata.X[rows].shape[0]
-    return {"cells": cells, "seconds": time.perf_counter() - started, "rss_mb": _peak_rss_mb()}
+        labels.append(codes[rows])
+    return _result(cells, started, labels, store_path)
 
 
-def _entropy(counts: np.ndarray) -> float:
-    p = counts[counts > 0] / counts.sum()
-    return float(-(p * np.log(p)).sum())
+def measure_scdataset(h5ad_path: str, store_path: str, limit: int) -> dict:
+    """scDataset's BlockShuffling (blocks of 16 cells, fetch factor 16: its documented setting for speed) over
+    the backed h5ad; the fetch reads sorted rows, as scDataset's own AnnData callback does."""
+    import anndata as ad
+    from scdataset import BlockShuffling, scDataset
+
+    from omicsweep.datasets import Store
+
+    store = Store(store_path)
+    codes = store.labels()
+    adata = ad.read_h5ad(h5ad_path, backed="r")
+
+    def fetch(collection, indices):
+        rows = np.sort(indices)
+        return collection.X[rows], codes[rows]
+
+    def batch(data, indices):
+        return data[0][indices], data[1][indices]
+
+    dataset = scDataset(adata, BlockShuffling(block_size=16, indices=store.split_indices("train")), batch_size=BATCH,
+                        fetch_factor=16, fetch_callback=fetch, batch_callback=batch, seed=0)
+    started, cells, labels = time.perf_counter(), 0, []
+    for _, y in dataset:
+        labels.append(np.asarray(y))
+        cells += len(y)
+        if cells >= limit:
+            break
+    return _result(cells, started, labels, store_path)
 
 
 def in_fresh_process(func, *args) -> dict:
     with mp.get_context("spawn").Pool(1) as pool:
         return pool.apply(func, args)
+
+
+def _python312() -> str | None:
+    """A Python >= 3.12 interpreter that runs (a pyenv shim on PATH may exist and fail)."""
+    import subprocess
+
+    for name in ("python3.13", "python3.12"):
+        found = shutil.which(name)
+        if found and subprocess.run([found, "--version"], capture_output=True).returncode == 0:
+            return found
+    return None
+
+
+def annbatch_status() -> str:
+    """One line: why annbatch is not in the table (it needs Python >= 3.12 and its own environment)."""
+    found = _python312()
+    if not found:
+        return ("annbatch: skipped, no working Python >= 3.12 interpreter on PATH (annbatch needs one; create a venv "
+                "with it and `pip install -r perf/requirements-annbatch.txt` to add the comparator)")
+    return (f"annbatch: skipped, {found} runs but this script does not drive annbatch's Loader yet "
+            "(perf/requirements-annbatch.txt pins its environment)")
+
+
+# ---- the run ------------------------------------------------------------------------------------------------------
+
+
+def plan(paths: dict[str, Path], args) -> dict[str, tuple]:
+    """name -> (function, arguments) of every measurement, interleaved by the caller."""
+    n = args.measure_cells
+    runs = {}
+    for key in ("new", "new-sorted", "legacy", "legacy-sorted"):
+        store = str(paths[key])
+        runs[f"raw {key}"] = (measure_raw_decode, store, n)
+        runs[f"csr {key}"] = (measure_stream, store, n, "csr")
+        if key.startswith("new"):
+            runs[f"dense {key}"] = (measure_stream, store, n // 2, "dense")
+            if args.device:
+                runs[f"device {key}"] = (measure_stream, store, n // 2, "device")
+    for key in ("", "-sorted"):
+        runs[f"backed new{key}"] = (measure_anndata_backed, str(paths[f"h5ad{key}"]), str(paths[f"new{key}"]),
+                                    args.anndata_cells)
+        if not args.no_scdataset:
+            runs[f"scdataset new{key}"] = (measure_scdataset, str(paths[f"h5ad{key}"]), str(paths[f"new{key}"]),
+                                           args.anndata_cells)
+    return runs
+
+
+def table(runs: dict[str, list[dict]], args) -> list[str]:
+    rate = {k: float(np.median([m["cells"] / m["seconds"] for m in ms])) for k, ms in runs.items()}
+    rss = {k: max(m["rss_mb"] for m in ms) for k, ms in runs.items()}
+    mixing = {k: float(np.median([m["mixing"] for m in ms])) for k, ms in runs.items()}
+    names = {"raw": "raw decode, sequential", "csr": "our stream, CSR batches", "dense": "our stream, dense transformed (host)",
+             "device": "our stream, CSR -> device (cpu) dense transformed", "backed": "anndata backed, random batches",
+             "scdataset": "scDataset BlockShuffling(16), fetch 16"}
+    runs = {k: ms for k, ms in runs.items() if ms}
+    lines = ["| loader | store layout | cells/s (iid rows) | of raw | cells/s (label-sorted) | of raw | "
+             "label entropy vs random, label-sorted | peak RSS MB |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for kind in names:
+        for layout in LAYOUTS:
+            key, sorted_key = f"{kind} {layout}", f"{kind} {layout}-sorted"
+            if key not in rate or sorted_key not in rate:
+                continue
+            raw, raw_sorted = rate[f"raw {layout}"], rate[f"raw {layout}-sorted"]
+            lines.append(
+                f"| {names[kind]} | {layout} | {rate[key]:,.0f} | {rate[key] / raw:.2f} | {rate[sorted_key]:,.0f} | "
+                f"{rate[sorted_key] / raw_sorted:.2f} | {mixing[sorted_key]:.1%} | {max(rss[key], rss[sorted_key]):,.0f} |"
+            )
+    return lines
+
+
+def write_section(results: Path, lines: list[str]) -> None:
+    """Replace the loader section of RESULTS.md (from its heading to the next `## `), keeping the others."""
+    old = results.read_text().splitlines() if results.exists() else []
+    if old and old[0].startswith("# Loader benchmark"):  # the first version: this benchmark's table, then sections
+        rest = next((i for i, line in enumerate(old) if line.startswith("## ")), len(old))
+        old = ["# Benchmark results", "", SECTION, ""] + old[rest:]
+    if SECTION in old:
+        start = old.index(SECTION)
+        end = next((i for i in range(start + 1, len(old)) if old[i].startswith("## ")), len(old))
+        new = old[:start] + lines + old[end:]
+    else:
+        new = (old or ["# Benchmark results", ""]) + [""] + lines
+    results.write_text("\n".join(new).rstrip() + "\n")
 
 
 def main() -> None:
@@ -159,47 +304,43 @@ def main() -> None:
     parser.add_argument("--genes", type=int, default=20_000)
     parser.add_argument("--nnz", type=int, default=1000)
     parser.add_argument("--measure-cells", type=int, default=100_000, help="cells read per zarr measurement")
-    parser.add_argument("--anndata-cells", type=int, default=20_000, help="cells read by the anndata baseline")
+    parser.add_argument("--anndata-cells", type=int, default=20_000, help="cells read by the h5ad-based loaders")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are reported")
     parser.add_argument("--workdir", type=Path, default=HERE / ".data")
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
+    parser.add_argument("--no-scdataset", action="store_true", help="leave scDataset out (without the bench extra)")
+    parser.add_argument("--build-only", action="store_true")
+    parser.add_argument("--device", action="store_true", help="also the CSR -> torch device path (cuda if present)")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    store, h5ad = build_corpus(args.workdir, args.cells, args.genes, args.nnz)
+    paths = build_corpus(args.workdir, args.cells, args.genes, args.nnz)
+    if args.build_only:
+        return
+    skipped = annbatch_status()
+    print(skipped, flush=True)
+    measurements = plan(paths, args)
+    runs: dict[str, list[dict]] = {name: [] for name in measurements}
+    for repeat in range(args.repeats):  # interleaved: load from other processes hits every measurement alike
+        for name, (func, *fargs) in measurements.items():
+            runs[name].append(in_fresh_process(func, *fargs))
+            print(f"[{repeat + 1}/{args.repeats}] {name}: {runs[name][-1]['cells'] / runs[name][-1]['seconds']:,.0f} cells/s",
+                  flush=True)
+        write_section(args.results, report(runs, args, skipped, repeat + 1))  # a cut-short run keeps what it has
+    print("\n".join(report(runs, args, skipped, args.repeats)))
 
-    # interleave repeats so that load from other processes hits every measurement alike; report medians
-    runs: dict[str, list[dict]] = {"raw": [], "csr": [], "dense": [], "backed": []}
-    for _ in range(args.repeats):
-        runs["raw"].append(in_fresh_process(measure_raw_decode, str(store), args.measure_cells))
-        runs["csr"].append(in_fresh_process(measure_stream, str(store), args.measure_cells, "csr"))
-        runs["dense"].append(in_fresh_process(measure_stream, str(store), args.measure_cells // 4, "dense"))
-        runs["backed"].append(in_fresh_process(measure_anndata_backed, str(h5ad), str(store), args.anndata_cells))
-    rate = {name: float(np.median([m["cells"] / m["seconds"] for m in ms])) for name, ms in runs.items()}
-    raw, csr, dense, backed = (max(runs[k], key=lambda m: m["rss_mb"]) for k in ("raw", "csr", "dense", "backed"))
+
+def report(runs: dict[str, list[dict]], args, skipped: str, done: int) -> list[str]:
     command = "python perf/loader_benchmark.py " + " ".join(sys.argv[1:])
-    lines = [
-        "# Loader benchmark",
-        "",
-        f"Command: `{command.strip()}` on {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-        f"corpus {args.cells:,} x {args.genes:,} synthetic counts, ~{args.nnz:,} non-zeros per cell, batch {BATCH}.",
-        f"Each figure is the median of {args.repeats} interleaved runs, each in a fresh process, on the same machine and "
-        "data; peak RSS is the largest of the runs.",
-        "",
-        "| measurement | cells/s | ratio | target | peak RSS (MB) |",
-        "|---|---:|---:|---|---:|",
-        f"| raw zarr decode, sequential chunks | {rate['raw']:,.0f} | 1.00 | baseline | {raw['rss_mb']:,.0f} |",
-        f"| shuffled training stream (CSR batches) | {rate['csr']:,.0f} | {rate['csr'] / rate['raw']:.2f} of raw | >= 0.85 of raw | {csr['rss_mb']:,.0f} |",
-        f"| shuffled training stream vs anndata backed | | {rate['csr'] / rate['backed']:.1f}x backed | >= 5x | |",
-        f"| shuffled training stream (dense float32, transformed) | {rate['dense']:,.0f} | {rate['dense'] / rate['raw']:.2f} of raw | (information) | {dense['rss_mb']:,.0f} |",
-        f"| anndata `read_h5ad(backed='r')` random batches | {rate['backed']:,.0f} | {rate['backed'] / rate['raw']:.2f} of raw | baseline | {backed['rss_mb']:,.0f} |",
-        "",
-        f"Label mixing: mean class entropy of a shuffled batch {csr['entropy']:.3f} nats vs {csr['random_entropy']:.3f} for a "
-        f"fully random batch = {csr['entropy'] / csr['random_entropy']:.1%} (target >= 90%).",
-        f"Loader peak RSS {csr['rss_mb']:,.0f} MB (target < 1,500 MB).",
-        "",
+    return [
+        SECTION, "",
+        f"Command: `{command.strip()}` on {platform.machine()}, {os.cpu_count()} cores (shared with other jobs: "
+        f"load {os.getloadavg()[0]:.0f} at the end), Python {platform.python_version()}; corpus {args.cells:,} x "
+        f"{args.genes:,} synthetic counts, ~{args.nnz:,} non-zeros per cell, batch {BATCH}; our stream's defaults.",
+        f"Medians of {done} interleaved runs (of {args.repeats} asked), each in a fresh process; peak RSS is the largest run's. Layout "
+        "`new`: store_layout.DEFAULT_LAYOUT; `legacy`: the first writer's chunks. Ratios are to raw decode of the "
+        "same store in the same run (on a shared machine the absolute figures move, the ratios hold better).",
+        "", *table(runs, args), "", skipped, "",
     ]
-    args.results.write_text("\n".join(lines))
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":
