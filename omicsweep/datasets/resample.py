@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from omicsweep.errors import ConfigError
 
@@ -115,7 +116,7 @@ def smote_resample(x: np.ndarray, y: np.ndarray, *, seed: int, k_neighbors: int 
         from imblearn.over_sampling import SMOTE
     except ImportError:  # pragma: no cover - a declared dependency
         raise ConfigError("config resample=smote needs imbalanced-learn: pip install imbalanced-learn") from None
-    x = np.asarray(x, dtype=np.float32)
+    x = sp.csr_matrix(x, dtype=np.float32) if sp.issparse(x) else np.asarray(x, dtype=np.float32)
     y = np.asarray(y, dtype=np.int64)
     classes, sizes = np.unique(y, return_counts=True)
     if len(classes) < 2:
@@ -125,7 +126,7 @@ def smote_resample(x: np.ndarray, y: np.ndarray, *, seed: int, k_neighbors: int 
     by_k: dict[int, dict[int, int]] = {}  # one SMOTE per neighbour count, each only for its classes
     for c, n in zip(classes.tolist(), sizes.tolist()):
         if n == 1:
-            new_x.append(np.repeat(x[y == c], goal - 1, axis=0))
+            new_x.append(x[np.repeat(np.flatnonzero(y == c), goal - 1)])
             new_y.append(np.full(goal - 1, c, dtype=np.int64))
         elif n < goal:
             by_k.setdefault(min(k_neighbors, n - 1), {})[c] = goal
@@ -133,9 +134,10 @@ def smote_resample(x: np.ndarray, y: np.ndarray, *, seed: int, k_neighbors: int 
         # the fit sees all classes (SMOTE wants the majority present); only `strategy`'s classes grow
         sampler = SMOTE(sampling_strategy=strategy, k_neighbors=k, random_state=int(seed) % 2**32)
         x_res, y_res = sampler.fit_resample(x, y)
-        new_x.append(np.asarray(x_res[len(x) :], dtype=np.float32))  # imbalanced-learn appends the synthetic rows
+        new_x.append(x_res[len(y) :].astype(np.float32))  # imbalanced-learn appends the synthetic rows (CSR in, CSR out)
         new_y.append(np.asarray(y_res[len(y) :], dtype=np.int64))
-    return np.concatenate(new_x), np.concatenate(new_y)
+    stacked = sp.vstack(new_x, format="csr") if sp.issparse(x) else np.concatenate(new_x)
+    return stacked, np.concatenate(new_y)
 
 
 def resample_arrays(x: np.ndarray, y: np.ndarray, config: dict[str, Any], *, seed: int):

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from omicsweep.errors import ConfigError
 from omicsweep.models.base import ModelEntry, Task, register
@@ -116,6 +117,11 @@ def softmax(scores: np.ndarray) -> np.ndarray:
 # ---- the classifier ------------------------------------------------------------------------------------------------
 
 
+def _dense(x) -> np.ndarray:
+    """float64 rows; the estimator fitter hands CSR, a query block is densified here (fit: the training split)."""
+    return np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float64)
+
+
 class ConnectivityQueryClassifier:
     """Prototype classifier scoring queries against consensus signatures by WTCS (numpy only).
 
@@ -135,11 +141,11 @@ class ConnectivityQueryClassifier:
         self.standardize, self.temperature, self.chunk = bool(standardize), float(temperature), int(chunk)
 
     def _standardized(self, x: np.ndarray) -> np.ndarray:
-        return (np.asarray(x, dtype=np.float64) - self.mean_) / self.scale_
+        return (_dense(x) - self.mean_) / self.scale_
 
     def fit(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None) -> "ConnectivityQueryClassifier":
         """One signature per class, or per (class, group) when `groups` (e.g. cell lines) is given."""
-        X = np.asarray(X, dtype=np.float64)
+        X = _dense(X)  # signatures are dense z-scores (L1000's 978 landmark genes): a dense model, like the study's
         self.classes_, y_index = np.unique(np.asarray(y), return_inverse=True)
         self.n_features_in_ = X.shape[1]
         self.mean_ = X.mean(axis=0) if self.standardize else np.zeros(X.shape[1])
@@ -167,8 +173,8 @@ class ConnectivityQueryClassifier:
     def connectivity(self, X: np.ndarray, *, block: int = 2048) -> np.ndarray:
         """WTCS of every query against every signature: (queries, signatures), `block` queries at a time."""
         position, sorted_weight = signature_rankings(self.signatures_, self.weight)
-        out = np.empty((len(X), len(self.signatures_)))
-        for start in range(0, len(X), block):
+        out = np.empty((X.shape[0], len(self.signatures_)))
+        for start in range(0, X.shape[0], block):
             up, down = query_sets(self._standardized(X[start : start + block]), self.set_size())
             es_up = enrichment_scores(up, position, sorted_weight, chunk=self.chunk)
             es_down = enrichment_scores(down, position, sorted_weight, chunk=self.chunk)
