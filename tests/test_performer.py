@@ -138,3 +138,27 @@ def test_default_sizes_are_scberts():
     assert model.seq_len == 16_907 and model.dim == 200 and attn.heads == 10
     assert attn.projection.shape == (266, 64) and model.redraw_every == 1000
     assert model.layers[0].ff.net[0].out_features == 800
+
+
+def test_a_gene2vec_build_opens_no_file_after_prepare(tmp_path):
+    """Issue 12: prepare reads the gene2vec file once; the build takes the vectors from task.priors."""
+    from omicsweep.models import Task, get_model
+    from omicsweep.models.performer import build_performer
+
+    genes = [f"G{i}" for i in range(255)]
+    path = tmp_path / "g2v.txt"
+    rng = np.random.default_rng(0)
+    path.write_text("".join(f"{g} {' '.join(f'{v:.4f}' for v in rng.normal(size=32))}\n" for g in genes[:200]))
+    config = {**{k: v for k, v in SMALL.items() if k != "n_genes"}, "gene_embedding": "gene2vec",
+              "gene2vec": str(path)}
+    task = Task(n_features=255, n_classes=NUM_TOKENS, genes=tuple(genes))
+    entry = get_model("scbert_pretrain")
+    _, notes = entry.prepared(config, task)
+    assert "200" in notes[0]
+    path.unlink()  # a build after prepare reads nothing
+    model = entry.build(config, task)
+    weight = model.gene_emb.weight.detach().numpy()
+    assert weight.shape == (256, 32) and weight[:200].any(axis=1).all()
+    assert not weight[200:].any()  # genes without a vector and the appended position are zero rows
+    with pytest.raises(ConfigError, match="not loaded"):
+        build_performer(config, task)  # the bare builder: the vectors only come through task.priors

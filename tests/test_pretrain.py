@@ -97,6 +97,21 @@ def test_pretraining_reports_mlm_metrics_and_beats_the_baseline(corpus, tmp_path
     module.load_state_dict(torch.load(tmp_path / MODULE_FILE, weights_only=True))
 
 
+def test_a_trial_with_gene2vec_reads_the_vectors_through_load_priors(corpus, tmp_path):
+    """The trial builds through the registry (load_priors reads the file once in its process): the frozen gene
+    embedding holds the file's vectors after training."""
+    config = tiny_config(max_steps=2, eval_every=2, checkpoint_every=2, max_epochs=1)
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(N_GENES, int(config["dim"]))).astype(np.float32)
+    path = tmp_path / "g2v.txt"
+    path.write_text("".join(f"G{i} {' '.join(map(repr, map(float, row)))}\n" for i, row in enumerate(vectors)))
+    results, files = run_trial(corpus, {**config, "gene_embedding": "gene2vec", "gene2vec": str(path)})
+    assert [r["step"] for r in results] == [2]
+    files[-1][MODULE_FILE](str(tmp_path / MODULE_FILE))
+    state = torch.load(tmp_path / MODULE_FILE, weights_only=True)
+    np.testing.assert_allclose(state["gene_emb.weight"][:N_GENES].numpy(), vectors, rtol=1e-6)
+
+
 def test_a_killed_trial_resumes_at_the_same_step_and_stream_position(corpus, tmp_path):
     """Killed after its second step group (checkpointed), the trial run again continues from step 8: the
     remaining groups' losses are those of an uninterrupted run (CPU, same seed)."""

@@ -209,8 +209,8 @@ def _setup(context, config: dict[str, Any], strategy) -> dict[str, Any]:
     from omicsweep.benchmark.training_options import StepSchedule, make_optimizer, model_parameters
     from omicsweep.datasets.corpus_stream import TokenStream
     from omicsweep.datasets.open import open_store
-    from omicsweep.models.base import Task
-    from omicsweep.models.performer import NUM_TOKENS, build_performer
+    from omicsweep.models.base import Task, get_model
+    from omicsweep.models.performer import NUM_TOKENS
     from omicsweep.tasks import MASKED_EXPRESSION
 
     settings = PretrainSettings.of(config)
@@ -220,7 +220,7 @@ def _setup(context, config: dict[str, Any], strategy) -> dict[str, Any]:
                          f"{context.fingerprint}")
     genes = tuple(map(str, store.genes()))
     task = Task(n_features=store.n_genes, n_classes=NUM_TOKENS, kind=MASKED_EXPRESSION, genes=genes)
-    model = build_performer(config, task)
+    model = get_model("scbert_pretrain").build(config, task)  # load_priors reads gene2vec once per process
     optimizer = make_optimizer(model_parameters(model, config), config)
     model, optimizer = strategy.prepare(model, optimizer, config)
     schedule = StepSchedule(strategy.torch_optimizer(model, optimizer),

@@ -281,34 +281,61 @@ MODEL_KEYS = ("dim", "depth", "heads", "dim_head", "nb_features", "redraw_every"
               "ff_mult", "dropout")
 
 
-def _gene2vec_matrix(config: dict, task) -> np.ndarray | None:
+GENE2VEC_KEPT = 2  # aligned matrices cached per process (24,447 x 200 float32 is 20 MB)
+_GENE2VEC: dict[tuple, np.ndarray] = {}
+
+
+def _gene2vec_key(config: dict, task) -> tuple | None:
     if config.get("gene_embedding", "learned") != "gene2vec":
         return None
-    from omicsweep.models.gene2vec import read_gene2vec
-
     if not config.get("gene2vec"):
         raise ConfigError("config gene_embedding=gene2vec needs gene2vec=PATH (a file `omicsweep gene2vec` "
                           "writes); or set gene_embedding to learned | none")
     if not task.genes:
         raise ConfigError("config gene_embedding=gene2vec needs the corpus's gene symbols to align the vectors")
-    matrix, _ = read_gene2vec(config["gene2vec"], list(task.genes), dim=int(config["dim"]))
-    return matrix
+    from pathlib import Path
+
+    return str(Path(config["gene2vec"]).expanduser().resolve()), int(config["dim"]), tuple(task.genes)
+
+
+def _read_gene2vec(key: tuple) -> tuple[np.ndarray, dict]:
+    from omicsweep.models.gene2vec import read_gene2vec
+
+    matrix, coverage = read_gene2vec(key[0], list(key[2]), dim=key[1])
+    while len(_GENE2VEC) >= GENE2VEC_KEPT:
+        _GENE2VEC.pop(next(iter(_GENE2VEC)))
+    _GENE2VEC[key] = matrix
+    return matrix, coverage
+
+
+def load_priors(config: dict, task) -> dict:
+    """{"gene2vec": the [n_genes + 1, dim] matrix aligned to the task's genes, or None}: the one read `prepare`
+    made in this process, else read once (a trial's worker process)."""
+    key = _gene2vec_key(config, task)
+    if key is None:
+        return {"gene2vec": None}
+    cached = _GENE2VEC.get(key)
+    return {"gene2vec": cached if cached is not None else _read_gene2vec(key)[0]}
 
 
 def build_performer(config: dict, task) -> Performer:
-    """The Performer of a pretraining configuration over the task's genes (task.n_features of them)."""
+    """The Performer of a pretraining configuration over the task's genes (task.n_features of them), its gene2vec
+    vectors from `task.priors` (load_priors): opens no file."""
+    if config.get("gene_embedding", "learned") == "gene2vec" and "gene2vec" not in task.priors:
+        raise ConfigError(f"scbert_pretrain: gene2vec={config.get('gene2vec')} is not loaded; build through the "
+                          "registry (get_model('scbert_pretrain').build), which runs load_priors")
     sizes = {key: config[key] for key in MODEL_KEYS if key in config}
-    return Performer(n_genes=int(task.n_features), gene2vec=_gene2vec_matrix(config, task),
+    return Performer(n_genes=int(task.n_features), gene2vec=task.priors.get("gene2vec"),
                      seed=int(config.get("seed", 0)), **sizes)
 
 
 def _prepare(config: dict, task) -> tuple[dict, list[str]]:
-    """A gene2vec file is read once before any trial (dimension, format, coverage of the corpus's genes)."""
-    if config.get("gene_embedding", "learned") != "gene2vec" or not config.get("gene2vec"):
+    """A gene2vec file is read once before any trial (dimension, format, coverage of the corpus's genes) and kept
+    for this process's builds."""
+    key = _gene2vec_key(config, task)
+    if key is None:
         return {}, []
-    from omicsweep.models.gene2vec import read_gene2vec
-
-    _, coverage = read_gene2vec(config["gene2vec"], list(task.genes), dim=int(config["dim"]))
+    _, coverage = _read_gene2vec(key)
     return {}, [f"gene2vec {config['gene2vec']}: {coverage}"]
 
 
@@ -318,7 +345,7 @@ def _register() -> None:
 
     register(ModelEntry(
         name="scbert_pretrain", family="torch", build=build_performer, tasks=(MASKED_EXPRESSION,),
-        prepare=_prepare,
+        prepare=_prepare, load_priors=load_priors,
         description="scBERT's Performer pretrained by masked expression modelling on a corpus store "
                     "(omicsweep pretrain)",
     ))
