@@ -311,3 +311,11 @@ def test_accumulated_step_uses_the_mean_of_its_micro_batch_losses(corpus):
     for (name, moved), before in zip(run["model"].named_parameters(), reference.parameters()):
         expected = before.detach() - 0.5 * (before.grad if before.grad is not None else 0)
         assert torch.allclose(moved.detach(), expected, atol=1e-6), name
+
+
+def test_sweep_of_the_pretraining_model_points_at_pretrain(corpus, tmp_path, cli):
+    from conftest import assert_one_line_error
+
+    code, stdout, stderr = cli("sweep", "--dataset", corpus, "--model", "scbert_pretrain", "--runs", tmp_path / "runs")
+    assert_one_line_error(code, stdout, stderr, "scbert_pretrain", "omicsweep pretrain --corpus", "docs/pretrain.md")
+    assert not (tmp_path / "runs").exists()

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
 
 from omicsweep.errors import ConfigError, UnknownNameError
-from omicsweep.tasks import CELL_CLASSIFICATION
+from omicsweep.tasks import CELL_CLASSIFICATION, PRETRAINING_TASKS
 
 Family = Literal["torch", "estimator"]
 
@@ -140,6 +140,9 @@ def models_for_task(requested: str, kind: str, *, where: str = "the dataset") ->
         return [_REGISTRY[name] for name in accepting]
     entries = [get_model(name.strip()) for name in requested.split(",") if name.strip()]
     for entry in entries:
+        if kind not in entry.tasks and set(entry.tasks) & set(PRETRAINING_TASKS):
+            raise ConfigError(f"model {entry.name} is pretrained on a corpus store, not swept over a dataset: "
+                              "run `omicsweep pretrain --corpus CORPUS.zarr --runs RUNS` (docs/pretrain.md)")
         if kind not in entry.tasks:
             raise ConfigError(f"model {entry.name} does not accept {kind} tasks ({where}); models that do: "
                               f"{', '.join(accepting) or '(none)'}")
