@@ -15,26 +15,33 @@ in a fresh process, interleaved, medians of --repeats:
   stream device   the same, CSR sent to a torch device and densified there (device cpu here; cuda on a GPU)
   anndata backed  random batches of training cells from read_h5ad(backed='r')
   scDataset       scDataset's BlockShuffling over the backed h5ad (bench extra: pip install omicsweep[bench])
-  annbatch        needs Python >= 3.12 in its own venv (perf/requirements-annbatch.txt); skipped with one line here
-Each reports cells/s, peak RSS and mean batch label entropy as a share of fully random batches'.
-The table goes to the loader section of perf/RESULTS.md (other sections are kept).
+  annbatch        annbatch's Loader on its own pre-shuffled DatasetCollection built from the same training rows, and
+                  on our store (perf/annbatch_loader.py, run under annbatch's own venv: Python >= 3.12 from
+                  --annbatch-python, $OMICSWEEP_PY312, python3.12/3.13 on PATH or pyenv's versions; the venv is made
+                  once in --workdir from perf/requirements-annbatch.txt); skipped with one line where none runs
+Batches of 256 (our CSR stream and annbatch's collection also 4,096). Each reports cells/s, peak RSS and mean batch
+label entropy as a share of fully random batches' of the same size. The table goes to the loader section of
+perf/RESULTS.md (other sections are kept).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import os
 import platform
-import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from annbatch_loader import entropy, peak_rss_mb, ensure_venv, find_python312, run_step
+
 HERE = Path(__file__).resolve().parent
-BATCH = 256
+BATCH, BIG_BATCH = 256, 4096
 SECTION = "## Loader benchmark"
 LAYOUTS = ("new", "legacy")
 
@@ -100,35 +107,21 @@ def write_h5ad_copy(store_path: Path, out: Path) -> None:
 # ---- measurements (each runs in a fresh process) ------------------------------------------------------------------
 
 
-def _peak_rss_mb() -> float:
-    """This process's peak resident memory (VmHWM; unlike ru_maxrss it does not carry over the parent's across exec)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def _entropy(labels: np.ndarray, n_classes: int) -> float:
-    counts = np.bincount(labels, minlength=n_classes)
-    p = counts[counts > 0] / counts.sum()
-    return float(-(p * np.log(p)).sum())
-
-
-def _mixing(batches: list[np.ndarray], store_path: str) -> float:
+def _mixing(batches: list[np.ndarray], store_path: str, batch: int = BATCH) -> float:
     """Mean batch label entropy as a share of that of batches drawn uniformly from the training split."""
     from omicsweep.datasets import Store
 
     store = Store(store_path)
     n_classes, train = len(store.classes), store.labels()[store.split_indices("train")]
     rng = np.random.default_rng(0)
-    random = np.mean([_entropy(rng.choice(train, BATCH, replace=False), n_classes) for _ in range(200)])
-    return float(np.mean([_entropy(b, n_classes) for b in batches]) / random) if batches else float("nan")
+    random = np.mean([entropy(rng.choice(train, batch, replace=batch > len(train)), n_classes) for _ in range(200)])
+    return float(np.mean([entropy(b, n_classes) for b in batches]) / random) if batches else float("nan")
 
 
-def _result(cells: int, started: float, labels: list[np.ndarray] | None, store_path: str) -> dict:
+def _result(cells: int, started: float, labels: list[np.ndarray] | None, store_path: str, batch: int = BATCH) -> dict:
     seconds = time.perf_counter() - started
-    return {"cells": cells, "seconds": seconds, "rss_mb": _peak_rss_mb(),
-            "mixing": _mixing(labels, store_path) if labels is not None else float("nan")}
+    return {"cells": cells, "seconds": seconds, "rss_mb": peak_rss_mb(),
+            "mixing": _mixing(labels, store_path, batch) if labels is not None else float("nan")}
 
 
 def measure_raw_decode(store_path: str, limit: int) -> dict:
@@ -144,7 +137,7 @@ def measure_raw_decode(store_path: str, limit: int) -> dict:
     return _result(cells, started, None, store_path)
 
 
-def measure_stream(store_path: str, limit: int, output: str) -> dict:
+def measure_stream(store_path: str, limit: int, output: str, batch: int = BATCH) -> dict:
     from omicsweep.datasets import CellBatches, Store
     from omicsweep.datasets.transform import ExpressionTransform
 
@@ -152,7 +145,7 @@ def measure_stream(store_path: str, limit: int, output: str) -> dict:
     transform = None
     if output != "csr":  # a fitted transform's cost, without the fitting pass
         transform = ExpressionTransform(True, np.zeros(store.n_genes, np.float32), np.full(store.n_genes, 5.0, np.float32))
-    batches = CellBatches(store, "train", batch_size=BATCH, transform=transform, shuffle=True, seed=0,
+    batches = CellBatches(store, "train", batch_size=batch, transform=transform, shuffle=True, seed=0,
                           output="csr" if output == "csr" else "dense", device="cpu" if output == "device" else None)
     started, cells, labels = time.perf_counter(), 0, []
     for _, y in batches:
@@ -160,7 +153,7 @@ def measure_stream(store_path: str, limit: int, output: str) -> dict:
         cells += len(y)
         if cells >= limit:
             break
-    return _result(cells, started, labels, store_path)
+    return _result(cells, started, labels, store_path, batch)
 
 
 def measure_anndata_backed(h5ad_path: str, store_path: str, limit: int) -> dict:
@@ -215,38 +208,87 @@ def in_fresh_process(func, *args) -> dict:
         return pool.apply(func, args)
 
 
-def _python312() -> str | None:
-    """A Python >= 3.12 interpreter that runs (a pyenv shim on PATH may exist and fail)."""
-    import subprocess
-
-    for name in ("python3.13", "python3.12"):
-        found = shutil.which(name)
-        if found and subprocess.run([found, "--version"], capture_output=True).returncode == 0:
-            return found
-    return None
+def measure_annbatch(python: str, source: str, path: str, labels: str, start: int, stop: int, batch: int,
+                     limit: int) -> dict:
+    """annbatch's Loader in a fresh process of annbatch's own venv (perf/annbatch_loader.py measure)."""
+    return json.loads(run_step(Path(python), "measure", "--source", source, "--path", path, "--labels", labels,
+                               "--rows", str(start), str(stop), "--batch", str(batch), "--limit", str(limit)))
 
 
-def annbatch_status() -> str:
-    """One line: why annbatch is not in the table (it needs Python >= 3.12 and its own environment)."""
-    found = _python312()
-    if not found:
-        return ("annbatch: skipped, no working Python >= 3.12 interpreter on PATH (annbatch needs one; create a venv "
-                "with it and `pip install -r perf/requirements-annbatch.txt` to add the comparator)")
-    return (f"annbatch: skipped, {found} runs but this script does not drive annbatch's Loader yet "
-            "(perf/requirements-annbatch.txt pins its environment)")
+measure_annbatch.own_process = True  # already a fresh process: not wrapped in another
+
+
+def _save_labels(store, out: Path) -> None:
+    partial = out.with_suffix(".partial")
+    with open(partial, "wb") as f:
+        np.save(f, store.labels().astype(np.int64))
+    os.replace(partial, out)
+
+
+def prepare_annbatch(paths: dict[str, Path], args) -> tuple[dict | None, str]:
+    """annbatch's venv, label codes and pre-shuffled collections (built once, cached in --workdir) for the stores
+    `new` and `new-sorted`, and the line the report prints about it; None where annbatch cannot run."""
+    if args.no_annbatch:
+        return None, "annbatch: left out (--no-annbatch)."
+    python, tried = find_python312(args.annbatch_python)
+    if python is None:
+        return None, (f"annbatch: skipped, no working Python >= 3.12 (tried: {tried}); annbatch needs one: pass "
+                      "--annbatch-python or set OMICSWEEP_PY312 to add the comparator.")
+    try:
+        return _build_annbatch_inputs(paths, args, python)
+    except (OSError, RuntimeError, subprocess.CalledProcessError) as error:  # no network, a failed build: one line
+        return None, f"annbatch: skipped, {python} runs but setting annbatch up failed: {str(error).splitlines()[0]}"
+
+
+def _build_annbatch_inputs(paths: dict[str, Path], args, python: str) -> tuple[dict, str]:
+    from omicsweep.datasets import Store
+
+    venv_python = ensure_venv(python, args.workdir / "annbatch-venv", HERE / "requirements-annbatch.txt")
+    setup: dict = {"python": str(venv_python)}
+    for key in ("new", "new-sorted"):
+        store = Store(paths[key])
+        train = store.split_indices("train")
+        start, stop = int(train[0]), int(train[-1]) + 1
+        if len(train) != stop - start:  # annbatch's sampler masks one slice of rows
+            raise SystemExit(f"error: {paths[key]}: the training split is not one run of rows")
+        labels = paths[key].with_name(f"{paths[key].stem}-labels.npy")
+        if not labels.exists():
+            _save_labels(store, labels)
+        collection = args.workdir / f"annbatch-{paths[key].stem}.zarr"
+        if not collection.exists():
+            started = time.time()
+            h5ad = paths["h5ad-sorted" if key.endswith("sorted") else "h5ad"]
+            run_step(venv_python, "build", "--h5ad", str(h5ad), "--labels", str(labels), "--rows", str(start),
+                     str(stop), "--out", str(collection))
+            print(f"wrote annbatch's collection {collection} in {time.time() - started:.0f}s", flush=True)
+        setup[key] = (str(labels), start, stop, str(collection))
+    version = run_step(venv_python, "version").strip()
+    return setup, (f"annbatch {version} in its own venv (Python >= 3.12 from {python}, perf/requirements-annbatch.txt; "
+                   "zarrs codec pipeline): Loader with RandomSampler(chunk_size 32, preload_nchunks 256, its README's "
+                   "setting), on its DatasetCollection (add_adatas defaults: shuffled at write, 64-row chunks in ~1 GB "
+                   "shards, lz4) built from the same training rows, and on our store's X (no pre-shuffling).")
 
 
 # ---- the run ------------------------------------------------------------------------------------------------------
 
 
-def plan(paths: dict[str, Path], args) -> dict[str, tuple]:
+def plan(paths: dict[str, Path], args, annbatch: dict | None) -> dict[str, tuple]:
     """name -> (function, arguments) of every measurement, interleaved by the caller."""
     n = args.measure_cells
     runs = {}
+    for key in ("new", "new-sorted") if annbatch else ():
+        labels, start, stop, collection = annbatch[key]
+        rows = (labels, start, stop)
+        runs[f"abcoll {key}"] = (measure_annbatch, annbatch["python"], "collection", collection, *rows, BATCH, n)
+        runs[f"abcoll{BIG_BATCH} {key}"] = (measure_annbatch, annbatch["python"], "collection", collection, *rows,
+                                            BIG_BATCH, n)
+        runs[f"abstore {key}"] = (measure_annbatch, annbatch["python"], "store", str(paths[key]), *rows, BATCH, n)
     for key in ("new", "new-sorted", "legacy", "legacy-sorted"):
         store = str(paths[key])
         runs[f"raw {key}"] = (measure_raw_decode, store, n)
         runs[f"csr {key}"] = (measure_stream, store, n, "csr")
+        if key.startswith("new"):
+            runs[f"csr{BIG_BATCH} {key}"] = (measure_stream, store, n, "csr", BIG_BATCH)
         if key.startswith("new"):
             runs[f"dense {key}"] = (measure_stream, store, n // 2, "dense")
             if args.device:
@@ -264,7 +306,9 @@ def table(runs: dict[str, list[dict]], args) -> list[str]:
     rate = {k: float(np.median([m["cells"] / m["seconds"] for m in ms])) for k, ms in runs.items()}
     rss = {k: max(m["rss_mb"] for m in ms) for k, ms in runs.items()}
     mixing = {k: float(np.median([m["mixing"] for m in ms])) for k, ms in runs.items()}
-    names = {"raw": "raw decode, sequential", "csr": "our stream, CSR batches", "dense": "our stream, dense transformed (host)",
+    names = {"raw": "raw decode, sequential", "csr": "our stream, CSR batches", "csr4096": "our stream, CSR batches of 4,096",
+             "abcoll": "annbatch Loader, its pre-shuffled collection", "abcoll4096": "annbatch Loader, its collection, batches of 4,096",
+             "abstore": "annbatch Loader on our store", "dense": "our stream, dense transformed (host)",
              "device": "our stream, CSR -> device (cpu) dense transformed", "backed": "anndata backed, random batches",
              "scdataset": "scDataset BlockShuffling(16), fetch 16"}
     runs = {k: ms for k, ms in runs.items() if ms}
@@ -277,7 +321,7 @@ def table(runs: dict[str, list[dict]], args) -> list[str]:
                 continue
             raw, raw_sorted = rate[f"raw {layout}"], rate[f"raw {layout}-sorted"]
             lines.append(
-                f"| {names[kind]} | {layout} | {rate[key]:,.0f} | {rate[key] / raw:.2f} | {rate[sorted_key]:,.0f} | "
+                f"| {names[kind]} | {'annbatch collection of ' if kind.startswith('abcoll') else ''}{layout} | {rate[key]:,.0f} | {rate[key] / raw:.2f} | {rate[sorted_key]:,.0f} | "
                 f"{rate[sorted_key] / raw_sorted:.2f} | {mixing[sorted_key]:.1%} | {max(rss[key], rss[sorted_key]):,.0f} |"
             )
     return lines
@@ -286,9 +330,6 @@ def table(runs: dict[str, list[dict]], args) -> list[str]:
 def write_section(results: Path, lines: list[str]) -> None:
     """Replace the loader section of RESULTS.md (from its heading to the next `## `), keeping the others."""
     old = results.read_text().splitlines() if results.exists() else []
-    if old and old[0].startswith("# Loader benchmark"):  # the first version: this benchmark's table, then sections
-        rest = next((i for i, line in enumerate(old) if line.startswith("## ")), len(old))
-        old = ["# Benchmark results", "", SECTION, ""] + old[rest:]
     if SECTION in old:
         start = old.index(SECTION)
         end = next((i for i in range(start + 1, len(old)) if old[i].startswith("## ")), len(old))
@@ -311,18 +352,20 @@ def main() -> None:
     parser.add_argument("--no-scdataset", action="store_true", help="leave scDataset out (without the bench extra)")
     parser.add_argument("--build-only", action="store_true")
     parser.add_argument("--device", action="store_true", help="also the CSR -> torch device path (cuda if present)")
+    parser.add_argument("--annbatch-python", help="a Python >= 3.12 for annbatch's venv (else $OMICSWEEP_PY312, PATH, pyenv)")
+    parser.add_argument("--no-annbatch", action="store_true", help="leave annbatch out")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     paths = build_corpus(args.workdir, args.cells, args.genes, args.nnz)
     if args.build_only:
         return
-    skipped = annbatch_status()
+    annbatch, skipped = prepare_annbatch(paths, args)
     print(skipped, flush=True)
-    measurements = plan(paths, args)
+    measurements = plan(paths, args, annbatch)
     runs: dict[str, list[dict]] = {name: [] for name in measurements}
     for repeat in range(args.repeats):  # interleaved: load from other processes hits every measurement alike
         for name, (func, *fargs) in measurements.items():
-            runs[name].append(in_fresh_process(func, *fargs))
+            runs[name].append(func(*fargs) if getattr(func, "own_process", False) else in_fresh_process(func, *fargs))
             print(f"[{repeat + 1}/{args.repeats}] {name}: {runs[name][-1]['cells'] / runs[name][-1]['seconds']:,.0f} cells/s",
                   flush=True)
         write_section(args.results, report(runs, args, skipped, repeat + 1))  # a cut-short run keeps what it has
@@ -339,8 +382,17 @@ def report(runs: dict[str, list[dict]], args, skipped: str, done: int) -> list[s
         f"Medians of {done} interleaved runs (of {args.repeats} asked), each in a fresh process; peak RSS is the largest run's. Layout "
         "`new`: store_layout.DEFAULT_LAYOUT; `legacy`: the first writer's chunks. Ratios are to raw decode of the "
         "same store in the same run (on a shared machine the absolute figures move, the ratios hold better).",
-        "", *table(runs, args), "", skipped, "",
+        "", *table(runs, args), "", skipped, *ratio_to_annbatch(runs), "",
     ]
+
+
+def ratio_to_annbatch(runs: dict[str, list[dict]]) -> list[str]:
+    """Our CSR stream's cells/s over annbatch's on its collection, per store and batch size (medians)."""
+    rate = {k: float(np.median([m["cells"] / m["seconds"] for m in ms])) for k, ms in runs.items() if ms}
+    pairs = [(f"csr{size} {key}", f"abcoll{size} {key}", f"{key}, batch {size or BATCH}")
+             for size in ("", str(BIG_BATCH)) for key in ("new", "new-sorted")]
+    found = [f"{what} {rate[ours] / rate[theirs]:.2f}" for ours, theirs, what in pairs if ours in rate and theirs in rate]
+    return ["", "Our CSR stream over annbatch on its collection (cells/s): " + "; ".join(found) + "."] if found else []
 
 
 if __name__ == "__main__":
