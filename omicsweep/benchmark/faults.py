@@ -4,6 +4,8 @@
 `kill:0.3` kills the trial's worker process (SIGKILL) instead, as a lost node would. A trial is chosen by a hash
 of the sweep seed and its configuration, so the same sweep fails the same trials. Append `:once` to fail only a
 chosen trial's first attempt (a marker file in the run folder remembers it), so `--max-failures 1` recovers it.
+Append `:epoch=N` to fail when epoch N's result is to be reported instead of the first (`raise:1:once:epoch=3`:
+every trial fails once at epoch 3; a torch trial retried under --max-failures continues from epoch 3).
 Only sweep trials see faults: `reproduce`, `train` and seed re-runs never do.
 """
 
@@ -31,26 +33,34 @@ class FaultPlan:
     kind: str
     rate: float
     once: bool = False
+    epoch: int | None = None  # fail at this epoch's report (None: at the first report)
 
     def spec(self) -> str:
-        return f"{self.kind}:{self.rate}" + (":once" if self.once else "")
+        return f"{self.kind}:{self.rate}" + (":once" if self.once else "") + (
+            f":epoch={self.epoch}" if self.epoch is not None else "")
 
 
 def parse_faults(spec: str | None) -> FaultPlan | None:
-    """'raise:0.3', 'kill:0.5:once' -> FaultPlan; None or '' -> None; anything else is a ConfigError."""
+    """'raise:0.3', 'kill:0.5:once', 'raise:1:once:epoch=3' -> FaultPlan; None or '' -> None; anything else is a
+    ConfigError."""
     if not spec:
         return None
     parts = spec.split(":")
-    usage = f"--inject-faults {spec!r}: expected KIND:RATE[:once] with KIND {' or '.join(FAULT_KINDS)}, RATE in [0, 1]"
-    if len(parts) not in (2, 3) or parts[0] not in FAULT_KINDS or (len(parts) == 3 and parts[2] != "once"):
+    usage = (f"--inject-faults {spec!r}: expected KIND:RATE[:once][:epoch=N] with KIND {' or '.join(FAULT_KINDS)}, "
+             "RATE in [0, 1], N >= 1")
+    options = parts[2:]
+    epochs = [o for o in options if o.startswith("epoch=")]
+    if (len(parts) < 2 or parts[0] not in FAULT_KINDS or len(epochs) > 1 or options.count("once") > 1
+            or len(options) != options.count("once") + len(epochs)):
         raise ConfigError(usage)
     try:
         rate = float(parts[1])
+        epoch = int(epochs[0].removeprefix("epoch=")) if epochs else None
     except ValueError:
         raise ConfigError(usage) from None
-    if not 0.0 <= rate <= 1.0:
+    if not 0.0 <= rate <= 1.0 or (epoch is not None and epoch < 1):
         raise ConfigError(usage)
-    return FaultPlan(parts[0], rate, once=len(parts) == 3)
+    return FaultPlan(parts[0], rate, once="once" in options, epoch=epoch)
 
 
 def trial_key(seed: int, config: dict[str, Any]) -> str:
@@ -63,7 +73,7 @@ def is_chosen(plan: FaultPlan, key: str) -> bool:
 
 
 def with_faults(report: Callable, plan: FaultPlan | None, *, key: str, marker_dir: str | None) -> Callable:
-    """`report` that, for a chosen trial, fails when the first epoch's result is to be reported."""
+    """`report` that, for a chosen trial, fails when the first result (or epoch `plan.epoch`'s) is to be reported."""
     if plan is None or not is_chosen(plan, key):
         return report
     marker = Path(marker_dir) / f"{key}.failed" if marker_dir else None
@@ -71,6 +81,9 @@ def with_faults(report: Callable, plan: FaultPlan | None, *, key: str, marker_di
         return report
 
     def failing(metrics: dict[str, Any], files=None) -> None:
+        if plan.epoch is not None and int(metrics.get("epoch", 1)) < plan.epoch:
+            report(metrics, files)
+            return
         # before the first result reaches Tune: ASHA could otherwise stop the trial first and hide the fault
         if marker is not None:
             marker.parent.mkdir(parents=True, exist_ok=True)
