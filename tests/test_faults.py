@@ -187,3 +187,108 @@ def test_history_search_starts_from_earlier_trials_and_seeds_repeat():
         return [fresh.suggest(f"t{i}") for i in range(3)]
 
     assert first(7) == first(7) and first(7) != first(8)
+
+
+def _trial_run(out: Path) -> dict:
+    (trial,) = [r for r in _runs(out) if r["role"] == "trial"]
+    return trial
+
+
+def _epoch_history(out: Path, run_id: str) -> list[tuple[int, int]]:
+    """(training_iteration, epoch) of every result the run logged, in logging order."""
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    history = sorted(client.get_metric_history(run_id, "epoch"), key=lambda m: (m.timestamp, m.step))
+    return [(m.step, int(m.value)) for m in history]
+
+
+def _best_model(out: Path, run_id: str) -> dict:
+    import mlflow
+    import torch
+
+    folder = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoint",
+                                                 tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    return torch.load(Path(folder) / "model.pt", weights_only=True)
+
+
+def test_a_retried_trial_continues_from_its_last_epoch(cli, ray_session, pbmc_store, tiny_space, tmp_path):
+    """Fails when epoch 3 of 5 is reported (--max-failures 1): the retry resumes at epoch 3, so every epoch is
+    reported once under its own training_iteration, and it ends exactly as the same seed's uninterrupted run
+    (final metrics and the logged best model)."""
+    space = yaml.safe_load(tiny_space.read_text())
+    space["defaults"].update(max_epochs=5, patience=10)
+    tiny_space.write_text(yaml.safe_dump(space))
+    common = ("sweep", "--model", "mlp", "--space", tiny_space, "--trials", "1", "--reruns", "0", "--concurrency", "1")
+    code, stdout, stderr = cli(*common, "--runs", tmp_path / "whole")
+    assert code == 0, stdout + stderr
+    code, stdout, stderr = cli(*common, "--runs", tmp_path / "retried", "--inject-faults", "raise:1:once:epoch=3",
+                               "--max-failures", "1")
+    assert code == 0, stdout + stderr
+    whole, retried = _trial_run(tmp_path / "whole"), _trial_run(tmp_path / "retried")
+    assert retried["config"] == whole["config"] and retried["status"] == "FINISHED"
+    assert retried["metrics"].get("retries") == 1.0 and len(list((tmp_path / "retried" / "faults").glob("*"))) == 1
+    assert _epoch_history(tmp_path / "retried", retried["id"]) == [(i, i) for i in range(1, 6)]
+    learned = [k for k in whole["metrics"] if k.startswith(("val_", "test_", "best_val", "train_loss", "epoch"))
+               and k != "epoch_time_s"]
+    assert {k: retried["metrics"][k] for k in learned} == {k: whole["metrics"][k] for k in learned}
+    best_whole = _best_model(tmp_path / "whole", whole["id"])
+    best_retried = _best_model(tmp_path / "retried", retried["id"])
+    assert best_whole.keys() == best_retried.keys()
+    assert all(best_whole[k].equal(best_retried[k]) for k in best_whole)
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("model, options", [
+    ("mlp", {"schedule": "cosine", "schedule_unit": "step", "warmup_steps": 3, "dropout": 0.3}),  # StepSchedule
+    ("ae_mlp", {"init": "autoencoder", "schedule": "step", "step_size": 2}),  # torch scheduler, pretrain hook
+])
+def test_resume_state_continues_an_ensemble_exactly(pbmc_store, tmp_path, model, options):
+    """Without Ray: a 2-member ensemble stopped after epoch 2 and resumed from that epoch's checkpoint reports
+    epochs 3-4 exactly as the uninterrupted run (weights, optimiser, schedule, RNG, best so far, pretraining
+    loss), and the checkpoint it carries is the best epoch's."""
+    from omicsweep.benchmark.torch_resume import RESUME_FILE, load_resume
+    from omicsweep.benchmark.trial import TrialContext, execute_trial
+    from omicsweep.datasets import Store
+    from omicsweep.models import get_model
+    from omicsweep.benchmark.space import load_space
+
+    space = load_space(get_model(model).space_file)
+    context = TrialContext(store_path=str(pbmc_store), fingerprint=Store(pbmc_store).fingerprint, model=model,
+                           defaults={**space.defaults, **space.tiny, "max_epochs": 4, "patience": 10, "ensemble": 2,
+                                     **options}, seed=3, resume_checkpoints=True)
+
+    def run(resume=None, stop_after=None) -> list[dict]:
+        results = []
+
+        def report(metrics, files):
+            folder = tmp_path / f"epoch{metrics['epoch']}"
+            folder.mkdir(exist_ok=True)
+            for name, write in files.items():
+                write(str(folder / name))
+            results.append({k: v for k, v in metrics.items() if not k.endswith("_s")})
+            if metrics["epoch"] == stop_after:
+                raise _Stop
+
+        try:
+            execute_trial(context, {}, report, resume=resume)
+        except _Stop:
+            pass
+        return results
+
+    whole = run()
+    assert run(stop_after=2) == whole[:2]
+    assert sorted(p.name for p in (tmp_path / "epoch2").iterdir()) == sorted(
+        ["model.pt", "resume.pt", "test_predictions.npz", "transform.npz", "trial.json"])
+    resumed = run(resume=load_resume(str(tmp_path / "epoch2")))
+    assert resumed == whole[2:]
+    assert (tmp_path / "epoch4" / RESUME_FILE).exists()
+    best = next(r["epoch"] for r in whole if r["val_accuracy"] == whole[-1]["best_val"])
+    import torch
+
+    carried = torch.load(tmp_path / "epoch4" / "model.pt", weights_only=True)
+    kept = torch.load(tmp_path / f"epoch{best}" / "model.pt", weights_only=True)
+    assert all(carried[k].equal(kept[k]) for k in kept)  # epoch 4's checkpoint carries the best epoch's model

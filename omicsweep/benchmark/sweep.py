@@ -143,6 +143,7 @@ def _trial_context(request: SweepRequest, defaults: dict[str, Any]) -> TrialCont
         fault_dir=str(Path(request.run_folder).resolve() / "faults"),
         checkpoint_root=str(Path(request.run_folder).resolve() / "checkpoints"),
         transform_cache=str(Path(request.run_folder).resolve() / TRANSFORM_CACHE),
+        resume_checkpoints=request.max_failures > 0,  # a retried torch trial continues from its last epoch
     )
     if context.distributed:  # refused here, before the sweep's run is opened, rather than in every trial
         check_ray_version()

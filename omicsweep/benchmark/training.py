@@ -20,6 +20,8 @@ from omicsweep.benchmark.estimator_fit import common_files as _common_files, fit
 from omicsweep.benchmark.metrics import classification_metrics
 from omicsweep.benchmark.options import LOSSES, TORCH_CONFIG_KEYS, TRIAL_CONFIG_KEYS, option, validate_options
 from omicsweep.benchmark.strategies import Strategy
+from omicsweep.benchmark.torch_resume import RESUME_FILE, Progress, Resume, config_text, member_state, restore_member
+from omicsweep.benchmark.torch_resume import resume_payload
 from omicsweep.benchmark.training_options import make_loss, make_lr_schedule, make_optimizer, model_parameters
 from omicsweep.datasets.loader import CellBatches, training_batches
 from omicsweep.datasets.transform import ExpressionTransform
@@ -42,6 +44,8 @@ class FitInputs:
     seed: int
     metric: str  # name in classification_metrics, maximised
     strategy: Strategy = field(default_factory=Strategy)  # torch: single process, DDP or DeepSpeed (strategies.py)
+    resume: Resume | None = None  # torch: a retried trial's last epoch (benchmark/torch_resume.py)
+    keep_resume: bool = False     # torch: write the resume state into each epoch's checkpoint
 
 
 def seed_everything(seed: int) -> None:
@@ -167,12 +171,14 @@ def _steps_per_epoch(batches, world_size: int) -> int:
     return steps_per_epoch(int(n_rows), world_size, batch_size=batches.batch_size, min_batch=batches.min_batch)
 
 
-def _make_member(entry: ModelEntry, inputs: FitInputs, index: int, featurise=None) -> _Member:
+def _make_member(entry: ModelEntry, inputs: FitInputs, index: int, featurise=None, saved=None) -> _Member:
     """Member `index` seeded with seed + index (member 0 of a one-model run is exactly the plain run).
 
     A module with a `pretrain(train_batches, config)` method (e.g. autoencoder initialisation) gets it called
     here, before the classifier's optimiser exists. The optimiser steps the module's `param_groups(config)` when
-    it has them (training_options.model_parameters).
+    it has them (training_options.model_parameters). `saved` (torch_resume.member_state of a retried trial's last
+    epoch): the member is built as always, then its weights, optimiser, schedule and RNG state are loaded (no
+    pretraining: the saved weights already hold it).
     """
     cfg, seed, strategy = inputs.config, inputs.seed + index, inputs.strategy
     torch.manual_seed(seed)
@@ -185,13 +191,16 @@ def _make_member(entry: ModelEntry, inputs: FitInputs, index: int, featurise=Non
         rank=strategy.rank, world_size=strategy.world_size, featurise=featurise,
     )
     pretrain = getattr(model, "pretrain", None)
-    pretrain_loss = pretrain(batches, cfg) if callable(pretrain) else None
+    pretrain_loss = pretrain(batches, cfg) if callable(pretrain) and saved is None else None
     model = model.to(strategy.device)
     optimizer = make_optimizer(model_parameters(model, cfg), cfg)
     model, optimizer = strategy.prepare(model, optimizer, cfg)
     scheduler = make_lr_schedule(strategy.torch_optimizer(model, optimizer), cfg,
                                  steps_per_epoch=_steps_per_epoch(batches, strategy.world_size))
-    return _Member(model, optimizer, scheduler, batches, torch.get_rng_state(), pretrain_loss)
+    if saved is None:
+        return _Member(model, optimizer, scheduler, batches, torch.get_rng_state(), pretrain_loss)
+    restore_member(strategy.module(model), optimizer, strategy.torch_optimizer(model, optimizer), scheduler, saved)
+    return _Member(model, optimizer, scheduler, batches, saved["rng_state"], saved["pretrain_loss"])
 
 
 def _train_members_one_epoch(
@@ -211,8 +220,7 @@ def _train_members_one_epoch(
     return float(np.mean(losses))
 
 
-def _best_files(inputs: FitInputs, model: nn.Module, test_y: np.ndarray, test_proba: np.ndarray):
-    state = inputs.strategy.state_dict(model)
+def _best_files(inputs: FitInputs, state: dict[str, torch.Tensor], test_y: np.ndarray, test_proba: np.ndarray):
     return {
         **_common_files(inputs),
         "model.pt": lambda path: torch.save(state, path),
@@ -220,11 +228,32 @@ def _best_files(inputs: FitInputs, model: nn.Module, test_y: np.ndarray, test_pr
     }
 
 
+def _resumed(inputs: FitInputs, n_members: int) -> Resume | None:
+    """The retried trial's resume state when it belongs to this configuration, else None (start at epoch 1)."""
+    resume = inputs.resume
+    if resume is None or resume.config != config_text(inputs.config) or len(resume.members) != n_members:
+        return None
+    return resume
+
+
+def _checkpoint_files(inputs: FitInputs, progress: Progress, members: list[_Member], improved: bool):
+    """This epoch's checkpoint: on a new best its files (as always); with keep_resume every epoch, the best
+    epoch's files carried plus the resume state."""
+    if not inputs.keep_resume:
+        return _best_files(inputs, progress.best_state, *progress.best_predictions) if improved else None
+    module = inputs.strategy.module
+    saved = [member_state(module(m.model), m.optimizer, m.scheduler, m.rng_state, m.pretrain_loss) for m in members]
+    payload = resume_payload(progress, saved, inputs.config)
+    return {**_best_files(inputs, progress.best_state, *progress.best_predictions),
+            RESUME_FILE: lambda path: torch.save(payload, path)}
+
+
 def fit_torch(entry: ModelEntry, inputs: FitInputs, report: Report) -> None:
     """Epochs with early stopping on the validation metric; the test split is scored at each new best.
 
     With config `ensemble` = N > 1, N members (seeds seed + i) train in lockstep, one epoch each per epoch;
-    validation, early stopping, test scores and the checkpoint use their averaged probabilities.
+    validation, early stopping, test scores and the checkpoint use their averaged probabilities. A retried trial
+    (`inputs.resume`) continues after its last reported epoch (benchmark/torch_resume.py).
     """
     cfg, strategy = inputs.config, inputs.strategy
     n_members = ensemble_size(cfg)
@@ -235,7 +264,10 @@ def fit_torch(entry: ModelEntry, inputs: FitInputs, report: Report) -> None:
     featurise = entry.featurise.fit(inputs.store, cfg)
     featurise = None if featurise is DEFAULT_FEATURISER else featurise
     precision = str(option(cfg, "precision"))
-    members = [_make_member(entry, inputs, i, featurise) for i in range(n_members)]
+    resume = _resumed(inputs, n_members)
+    progress = resume.progress if resume is not None else Progress()
+    members = [_make_member(entry, inputs, i, featurise, resume.members[i] if resume else None)
+               for i in range(n_members)]
     # training goes through the strategy's wrapper (DDP, DeepSpeed engine); evaluation uses the plain module
     model = strategy.module(members[0].model) if n_members == 1 else EnsembleClassifier([m.model for m in members])
     loss_fn = make_loss(cfg, n_classes=inputs.task.n_classes, train_labels=_train_labels_if_needed(cfg, inputs.store))
@@ -243,23 +275,22 @@ def fit_torch(entry: ModelEntry, inputs: FitInputs, report: Report) -> None:
     grad_clip = float(cfg.get("grad_clip") or 0.0)
     pretrained = [m.pretrain_loss for m in members if m.pretrain_loss is not None]
     val, test = _eval_batches(inputs, "val", featurise), _eval_batches(inputs, "test", featurise)
-    best, since_best, best_test, train_s = -np.inf, 0, {}, 0.0
-    for epoch in range(1, int(cfg["max_epochs"]) + 1):
+    for epoch in range(progress.epoch + 1, int(cfg["max_epochs"]) + 1):
         started = time.perf_counter()
         lr = float(members[0].optimizer.param_groups[0]["lr"])  # as the stepping optimiser (or wrapper) reads it
         train_loss = _train_members_one_epoch(members, epoch, loss_fn, grad_clip, strategy, precision)
         val_proba, val_y, val_loss = predict_torch(model, val, strategy, precision=precision)
         val_metrics = classification_metrics(val_y, val_proba)
-        train_s += time.perf_counter() - started  # the fit loop proper: test scoring and checkpoints are overhead
-        score = val_metrics[inputs.metric]
-        files = None
-        if score > best:
-            best, since_best = score, 0
+        progress.train_s += time.perf_counter() - started  # the fit loop: test scoring, checkpoints are overhead
+        progress.epoch, improved = epoch, val_metrics[inputs.metric] > progress.best
+        if improved:
+            progress.best, progress.since_best = val_metrics[inputs.metric], 0
             test_proba, test_y, test_loss = predict_torch(model, test, strategy, precision=precision)
-            best_test = {**_prefixed("test", classification_metrics(test_y, test_proba)), "test_loss": test_loss}
-            files = _best_files(inputs, model, test_y, test_proba)
+            test_metrics = _prefixed("test", classification_metrics(test_y, test_proba))
+            progress.best_test = {**test_metrics, "test_loss": test_loss}
+            progress.best_state, progress.best_predictions = strategy.state_dict(model), (test_y, test_proba)
         else:
-            since_best += 1
+            progress.since_best += 1
         metrics = {
             "epoch": epoch,
             "train_loss": train_loss,
@@ -267,13 +298,13 @@ def fit_torch(entry: ModelEntry, inputs: FitInputs, report: Report) -> None:
             **({"train_ae_loss": float(np.mean(pretrained))} if pretrained else {}),
             "val_loss": val_loss,
             **_prefixed("val", val_metrics),
-            "best_val": best,
-            **best_test,
+            "best_val": progress.best,
+            **progress.best_test,
             "epoch_time_s": time.perf_counter() - started,
-            TRAIN_SECONDS: train_s,
+            TRAIN_SECONDS: progress.train_s,
         }
-        report(metrics, files)
-        if since_best >= int(cfg["patience"]):
+        report(metrics, _checkpoint_files(inputs, progress, members, improved))
+        if progress.since_best >= int(cfg["patience"]):
             break
 
 

@@ -38,6 +38,7 @@ class TrialContext:
     fault_dir: str | None = None            # where `:once` faults remember they fired
     checkpoint_root: str | None = None      # a sweep's durable per-trial checkpoints (pretraining: resume from them)
     transform_cache: str | None = None      # folder of fitted transforms, one per (fingerprint, fold, scaling)
+    resume_checkpoints: bool = False        # torch: each epoch's checkpoint holds the resume state (--max-failures)
 
     @property
     def distributed(self) -> bool:
@@ -85,11 +86,14 @@ def trial_config(context: TrialContext, sampled: dict[str, Any]) -> dict[str, An
     return {**context.defaults, **sampled, "seed": context.seed}
 
 
-def execute_trial(context: TrialContext, sampled: dict[str, Any], report: Callable, *, strategy=None) -> None:
+def execute_trial(
+    context: TrialContext, sampled: dict[str, Any], report: Callable, *, strategy=None, resume=None,
+) -> None:
     """Run one trial outside or inside Ray; `report(metrics, checkpoint_files)` receives every result.
 
     strategy: how a torch model trains (benchmark/strategies.py); default one process, on a GPU when the
-    context asks for one and torch sees one.
+    context asks for one and torch sees one. resume: a retried torch trial's last epoch
+    (torch_resume.load_resume of its checkpoint), continued from; context.resume_checkpoints: write it each epoch.
     """
     import torch
     from threadpoolctl import threadpool_limits
@@ -133,6 +137,8 @@ def execute_trial(context: TrialContext, sampled: dict[str, Any], report: Callab
         seed=context.seed,
         metric=context.metric,
         strategy=strategy or Strategy(device=_local_device(context)),
+        resume=resume,
+        keep_resume=context.resume_checkpoints and not context.distributed,  # Ray Train trials start over
     )
     world_size = inputs.strategy.world_size
 
