@@ -119,8 +119,11 @@ def find_python312(explicit: str | None) -> tuple[str | None, str]:
     candidates += sorted(glob.glob(f"{pyenv_root}/versions/3.1[2-9]*/bin/python"))  # 3.12 first: annbatch's CI
     check = "import sys; assert sys.version_info >= (3, 12)"
     for candidate in candidates:
-        if subprocess.run([candidate, "-c", check], capture_output=True).returncode == 0:
-            return candidate, ", ".join(candidates)
+        try:
+            if subprocess.run([candidate, "-c", check], capture_output=True).returncode == 0:
+                return candidate, ", ".join(candidates)
+        except OSError:  # a given path that is not there or not executable: try the next
+            continue
     return None, ", ".join(candidates) or "nothing found"
 
 
