@@ -100,8 +100,6 @@ def execute_trial(
 
     from omicsweep.benchmark.strategies import Strategy
     from omicsweep.benchmark.training import FITTERS, FitInputs, seed_everything
-    from omicsweep.datasets.transform import fit_transform_on_train, load_or_fit_transform
-    from omicsweep.datasets.open import open_store
     from omicsweep.models import Task, get_model
 
     torch.set_num_threads(max(1, int(context.threads)))
@@ -117,19 +115,10 @@ def execute_trial(
             fit_pretrain(context, config, _with_world_size(report, strategy), strategy or Strategy(
                 device=_local_device(context)))
         return
-    opened = open_store(context.store_path, fold=config.get("fold"))
-    store = entry.featurised_store(opened, config)
-    if store.fingerprint != context.fingerprint:
-        raise InputError(
-            f"{context.store_path}: fingerprint {store.fingerprint} differs from the sweep's {context.fingerprint}"
-        )
-    scaling = config.get("scaling", "minmax")
+    store, transform = _store_and_transform(context, entry, config)
     inputs = FitInputs(
         store=store,
-        # fitted once per (fingerprint, fold, scaling) and cached; a featuriser's view (CNNC images at `bins`)
-        # shares the store's fingerprint but not its features, so it is fitted here (the view caches it in memory)
-        transform=load_or_fit_transform(store, scaling, context.transform_cache) if store is opened
-        else fit_transform_on_train(store, scaling=scaling),
+        transform=transform,
         # gene names too: a model may align prior knowledge (a gene graph) to the store's genes
         task=Task(n_features=store.n_genes, n_classes=len(store.classes), genes=tuple(map(str, store.genes())),
                   kind=store.task_kind, input_shape=store.input_shape),
@@ -140,15 +129,29 @@ def execute_trial(
         resume=resume,
         keep_resume=context.resume_checkpoints and not context.distributed,  # Ray Train trials start over
     )
-    world_size = inputs.strategy.world_size
-
-    def report_with_world_size(metrics: dict[str, Any], files=None) -> None:
-        report({**metrics, WORLD_SIZE_KEY: world_size}, files)
-
     # BLAS thread pools (scikit-learn, scipy) held to the trial's threads too: a Ray worker gets
     # OMP_NUM_THREADS=its CPUs, so an in-process re-run (`reproduce`) must match it to sum in the same order
     with threadpool_limits(limits=max(1, int(context.threads))):
-        FITTERS[entry.family](entry, inputs, report_with_world_size)
+        FITTERS[entry.family](entry, inputs, _with_world_size(report, inputs.strategy))
+
+
+def _store_and_transform(context: TrialContext, entry, config: dict[str, Any]):
+    """The store the model reads (its featuriser's view of the sweep's store, same fingerprint) and its transform:
+    fitted once per (fingerprint, fold, scaling) and cached; a featuriser's view (CNNC images at `bins`) shares the
+    store's fingerprint but not its features, so it is fitted here (the view caches it in memory)."""
+    from omicsweep.datasets.open import open_store
+    from omicsweep.datasets.transform import fit_transform_on_train, load_or_fit_transform
+
+    opened = open_store(context.store_path, fold=config.get("fold"))
+    store = entry.featurised_store(opened, config)
+    if store.fingerprint != context.fingerprint:
+        raise InputError(
+            f"{context.store_path}: fingerprint {store.fingerprint} differs from the sweep's {context.fingerprint}"
+        )
+    scaling = config.get("scaling", "minmax")
+    if store is opened:
+        return store, load_or_fit_transform(store, scaling, context.transform_cache)
+    return store, fit_transform_on_train(store, scaling=scaling)
 
 
 def _with_world_size(report: Callable, strategy) -> Callable:
