@@ -329,14 +329,9 @@ def table(runs: dict[str, list[dict]], args) -> list[str]:
 
 def write_section(results: Path, lines: list[str]) -> None:
     """Replace the loader section of RESULTS.md (from its heading to the next `## `), keeping the others."""
-    old = results.read_text().splitlines() if results.exists() else []
-    if SECTION in old:
-        start = old.index(SECTION)
-        end = next((i for i in range(start + 1, len(old)) if old[i].startswith("## ")), len(old))
-        new = old[:start] + lines + old[end:]
-    else:
-        new = (old or ["# Benchmark results", ""]) + [""] + lines
-    results.write_text("\n".join(new).rstrip() + "\n")
+    from results_section import replace_section
+
+    replace_section(results, SECTION, lines)
 
 
 def main() -> None:

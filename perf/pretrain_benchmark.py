@@ -349,14 +349,10 @@ def gpu_part(args) -> list[str]:
 def write_section(rows: list[str], command: str, results: Path = HERE / "RESULTS.md") -> None:
     """Replace (or append) this benchmark's section of RESULTS.md (its heading to the next `## `), keeping the
     other sections."""
-    from omicsweep.atomic import atomic_write_text
+    from results_section import replace_section
 
-    text = results.read_text() if results.exists() else ""
-    before, _, after = text.partition(SECTION)
-    rest = after[after.find("\n## "):] if "\n## " in after else ""  # the next section, kept
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    section = "\n".join([SECTION, "", f"Command: `{command}` on {machine}.", "", *rows, ""])
-    atomic_write_text(results, before.rstrip("\n") + ("\n\n" if before.strip() else "") + section + rest)
+    replace_section(results, SECTION, [SECTION, "", f"Command: `{command}` on {machine}.", "", *rows, ""])
 
 
 def main(argv=None) -> None:

@@ -158,14 +158,9 @@ def table(args, sweep: dict, sweep_wall: float, loop: dict, large: dict, fit_s: 
 
 def write_section(results: Path, lines: list[str]) -> None:
     """Replace this benchmark's section of RESULTS.md (its heading to the next `## `), keeping the others."""
-    old = results.read_text().splitlines() if results.exists() else []
-    if SECTION in old:
-        start = old.index(SECTION)
-        end = next((i for i in range(start + 1, len(old)) if old[i].startswith("## ")), len(old))
-        new = old[:start] + lines + old[end:]
-    else:
-        new = old + [""] + lines
-    results.write_text("\n".join(new).rstrip() + "\n")
+    from results_section import replace_section
+
+    replace_section(results, SECTION, lines)
 
 
 def main() -> None:
