@@ -106,6 +106,23 @@ def _with_priors(build: Callable[[dict[str, Any], Task], Any], load_priors: Call
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
+class PriorCache:
+    """Priors a model reads from files, kept per process: `prepare` reads one, `load_priors` in the same process
+    (or a worker's first trial) reuses it. Holds the last `kept` (oldest dropped first)."""
+
+    def __init__(self, kept: int = 2):
+        self.kept, self._items = int(kept), {}
+
+    def get(self, key):
+        return self._items.get(key)
+
+    def put(self, key, value):
+        while len(self._items) >= self.kept:
+            self._items.pop(next(iter(self._items)))
+        self._items[key] = value
+        return value
+
+
 def register(entry: ModelEntry) -> ModelEntry:
     if entry.name in _REGISTRY and _REGISTRY[entry.name] is not entry:
         raise ValueError(f"model {entry.name!r} is registered twice")

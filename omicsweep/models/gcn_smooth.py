@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from omicsweep.errors import ConfigError
-from omicsweep.models.base import ModelEntry, Task, register
+from omicsweep.models.base import ModelEntry, PriorCache, Task, register
 
 INPUT_GENES = ("all", "graph")
 GRAPH_NORMS = ("max", "row")
@@ -225,8 +225,7 @@ class GeneGraphSmoother(nn.Module):
         return self.classifier(self._inputs(x) + smoothed)  # residual fusion: the input itself plus its smoothing
 
 
-GRAPHS_KEPT = 2  # aligned graphs cached per process (a STRING graph on 20k genes is tens of MB)
-_GRAPHS: dict[tuple, Any] = {}
+_GRAPHS = PriorCache(kept=2)  # aligned graphs per process (a STRING graph on 20k genes is tens of MB)
 
 
 def _graph_key(config: dict[str, Any], task: Task) -> tuple | None:
@@ -248,10 +247,7 @@ def _read_graph(config: dict[str, Any], task: Task, key: tuple):
 
     graph = load_gene_graph(graph_location(config), task.genes, diagonal=key[1],
                             expect_sha256=config.get("graph_sha256"))
-    while len(_GRAPHS) >= GRAPHS_KEPT:
-        _GRAPHS.pop(next(iter(_GRAPHS)))
-    _GRAPHS[key] = graph
-    return graph
+    return _GRAPHS.put(key, graph)
 
 
 def load_priors(config: dict[str, Any], task: Task) -> dict[str, Any]:

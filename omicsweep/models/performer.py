@@ -20,6 +20,7 @@ from einops import rearrange
 from torch import nn
 
 from omicsweep.errors import ConfigError
+from omicsweep.models.base import PriorCache
 
 NUM_TOKENS = 7
 MASK_TOKEN = 6
@@ -281,8 +282,7 @@ MODEL_KEYS = ("dim", "depth", "heads", "dim_head", "nb_features", "redraw_every"
               "ff_mult", "dropout")
 
 
-GENE2VEC_KEPT = 2  # aligned matrices cached per process (24,447 x 200 float32 is 20 MB)
-_GENE2VEC: dict[tuple, np.ndarray] = {}
+_GENE2VEC = PriorCache(kept=2)  # aligned matrices per process (24,447 x 200 float32 is 20 MB)
 
 
 def _gene2vec_key(config: dict, task) -> tuple | None:
@@ -302,10 +302,7 @@ def _read_gene2vec(key: tuple) -> tuple[np.ndarray, dict]:
     from omicsweep.models.gene2vec import read_gene2vec
 
     matrix, coverage = read_gene2vec(key[0], list(key[2]), dim=key[1])
-    while len(_GENE2VEC) >= GENE2VEC_KEPT:
-        _GENE2VEC.pop(next(iter(_GENE2VEC)))
-    _GENE2VEC[key] = matrix
-    return matrix, coverage
+    return _GENE2VEC.put(key, matrix), coverage
 
 
 def load_priors(config: dict, task) -> dict:
