@@ -238,7 +238,8 @@ def _setup(context, config: dict[str, Any], strategy) -> dict[str, Any]:
 
 def _meta(run) -> dict[str, Any]:
     return {"config": run["config"], "seed": run["seed"], "vocabulary_fingerprint": run["fingerprint"],
-            "n_genes": len(run["genes"]), "store_fingerprint": run["store"].fingerprint}
+            "n_genes": len(run["genes"]), "store_fingerprint": run["store"].fingerprint,
+            "genes": list(run["genes"])}  # the vocabulary a fine-tune maps a store onto (models/scbert.py)
 
 
 def _resume(run, folder: Path | None) -> tuple[int, float]:

@@ -24,30 +24,25 @@ disks): of the ranks that see the same folder, the lowest swaps it into place.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from omicsweep.atomic import atomic_write_text, replace_folder
 from omicsweep.errors import InputError
+from omicsweep.models.performer import vocabulary_fingerprint  # noqa: F401 - defined beside the model it fits
 
 STATE_FILE = "pretrain.json"  # benchmark/pretrain.py's META_FILE: its meta (config, seed, ...) at the top level
 MODULE_FILE = "module.pt"
 TORCH_FILE = "train_state.pt"
 DEEPSPEED_DIR = "deepspeed"
 FORMAT_VERSION = 1
-
-
-def vocabulary_fingerprint(genes: Sequence[str]) -> str:
-    """16 hex digits of SHA-256 over the ordered gene symbols: a checkpoint fits a corpus with the same vocabulary."""
-    return hashlib.sha256("\n".join(map(str, genes)).encode()).hexdigest()[:16]
 
 
 @dataclass

@@ -277,6 +277,13 @@ def _gene_embedding(kind: str, gene2vec, seq_len: int, dim: int) -> nn.Embedding
     return nn.Embedding.from_pretrained(weight, freeze=True)
 
 
+def vocabulary_fingerprint(genes) -> str:
+    """16 hex digits of SHA-256 over the ordered gene symbols: a checkpoint fits a corpus with the same vocabulary."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(map(str, genes)).encode()).hexdigest()[:16]
+
+
 # ---- registration: scBERT pretraining (masked expression modelling; benchmark/pretrain.py trains it) ------------
 MODEL_KEYS = ("dim", "depth", "heads", "dim_head", "nb_features", "redraw_every", "attention", "gene_embedding",
               "ff_mult", "dropout")
