@@ -63,6 +63,7 @@ MLM_LOSS = "val_mlm_loss"  # the pretraining section's selection metric (METRIC_
 MLM_ACCURACY = "val_mlm_accuracy"
 MLM_BASELINE_ACCURACY = "val_mlm_baseline_accuracy"  # each val cell's most common visible non-zero bin
 PRETRAIN_COMMAND = "pretrain"  # COMMAND_TAG on the runs of `omicsweep pretrain`
+PRETRAINED_PARAM = "pretrained"  # a fine-tuned model's pretraining (RUN_ID | PATH | none): its leaderboard row's variant
 THROUGHPUT_KEYS = ("train_tokens_per_s", "train_cells_per_s", "train_gpu_memory_mb")  # timings: never compared
 RERUN_SEED_KEY = "omicsweep.rerun_seed"  # in a Tune config: train with this seed instead of the context's
 

@@ -27,7 +27,7 @@ from omicsweep.reports import stats
 from omicsweep.reports.tracking import _client
 from omicsweep.schema import (
     CHECKPOINT_ARTIFACTS, COMMAND_TAG, DATASET_TAG, DEGENERATE_METRIC, ERROR_TAG, FINGERPRINT_TAG, METRIC_TAG,
-    MLM_ACCURACY, MLM_BASELINE_ACCURACY, MLM_LOSS, MODEL_TAG, PARENT_TAG, PREDICTIONS_FILE, RERUN_OF_TAG, RERUN_PREDICTIONS, RERUN_ROLE, ROLE_TAG, SCHEDULER_TAG,
+    MLM_ACCURACY, MLM_BASELINE_ACCURACY, MLM_LOSS, MODEL_TAG, PARENT_TAG, PREDICTIONS_FILE, PRETRAINED_PARAM, RERUN_OF_TAG, RERUN_PREDICTIONS, RERUN_ROLE, ROLE_TAG, SCHEDULER_TAG,
     SEARCH_METRIC, SEARCHER_TAG, SEED_TAG, SWEEP_ROLE, TEST_PREFIX, TRAIN_COMMAND, TRAINING_SETUP_TAG, TRIAL_ID_TAG,
     TRIAL_ROLE, VAL_PREFIX,
 )
@@ -93,7 +93,7 @@ def _role_of(model: str) -> str:
     from omicsweep.models import get_model
 
     try:
-        return get_model(model).role
+        return get_model(model.split(" (", 1)[0]).role  # a row's variant label '(pretrained)' is no model name
     except UnknownNameError:
         return "unknown"
 
@@ -103,12 +103,17 @@ def _section_key(run) -> tuple[str, str, str]:
     return tags.get(DATASET_TAG, "?"), tags.get(FINGERPRINT_TAG, "?"), tags.get(METRIC_TAG, "?")
 
 
-def _row_key(run) -> tuple[str, str, str, str]:
-    """(model, train | sweep, training setup, searcher/scheduler): sweeps that differ in any of them are rows apart."""
-    tags = run.data.tags
+def _row_key(owner, run=None) -> tuple[str, str, str, str]:
+    """(model, train | sweep, training setup, searcher/scheduler): sweeps that differ in any of them are rows apart.
+    A model with a `pretrained` setting is a row per variant: 'scbert (pretrained)', 'scbert (no pretraining)'."""
+    tags = owner.data.tags
     kind = "train" if tags.get(COMMAND_TAG) == TRAIN_COMMAND else "sweep"
     search = f"{tags.get(SEARCHER_TAG, 'tpe')}/{tags.get(SCHEDULER_TAG, 'asha')}" if kind == "sweep" else ""
-    return tags.get(MODEL_TAG, "?"), kind, tags.get(TRAINING_SETUP_TAG, ""), search
+    model = tags.get(MODEL_TAG, "?")
+    value = (run or owner).data.params.get(PRETRAINED_PARAM, owner.data.params.get(f"default.{PRETRAINED_PARAM}"))
+    if value is not None:  # the run's own value (a searched choice), else its sweep's fixed one
+        model = f"{model} ({'no pretraining' if value.strip().lower() in ('none', '') else 'pretrained'})"
+    return model, kind, tags.get(TRAINING_SETUP_TAG, ""), search
 
 
 def _mean_sd(values: list[float]) -> tuple[float | None, float | None]:
@@ -180,15 +185,20 @@ def build_leaderboard(tracking_uri: str) -> pl.DataFrame:
 
     def row_of(run) -> _Row:  # trials and re-runs belong to their sweep's row (a re-run's own setup may differ)
         owner = sweeps.get(run.data.tags.get(PARENT_TAG, ""), run)
-        section, key = _section_key(owner), _row_key(owner)
+        section, key = _section_key(owner), _row_key(owner, run)
         return rows.setdefault((section, key), _Row(section, key))
 
+    held: dict[str, set] = defaultdict(set)  # sweep run id -> its trials' rows (a searched variant: several)
     for run in _all_runs(client, TRIAL_ROLE):
-        row_of(run).trials.append(run)
+        row = row_of(run)
+        row.trials.append(run)
+        held[run.data.tags.get(PARENT_TAG, "")].add(id(row))
     for run in _all_runs(client, RERUN_ROLE):
         row_of(run).reruns.append(run)
     for run in sweeps.values():
-        row_of(run).sweeps.append(run)
+        owners = [row for row in rows.values() if id(row) in held.get(run.info.run_id, ())] or [row_of(run)]
+        for row in owners:
+            row.sweeps.append(run)
     sections: dict[tuple, list[_Row]] = defaultdict(list)
     for (section, _), row in sorted(rows.items()):
         if row.trials:
