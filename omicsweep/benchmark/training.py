@@ -22,7 +22,8 @@ from omicsweep.benchmark.options import LOSSES, TORCH_CONFIG_KEYS, TRIAL_CONFIG_
 from omicsweep.benchmark.strategies import Strategy
 from omicsweep.benchmark.torch_resume import RESUME_FILE, Progress, Resume, config_text, member_state, restore_member
 from omicsweep.benchmark.torch_resume import resume_payload
-from omicsweep.benchmark.training_options import make_loss, make_lr_schedule, make_optimizer, model_parameters
+from omicsweep.benchmark.training_options import Accumulator, accumulation_steps, make_loss, make_lr_schedule
+from omicsweep.benchmark.training_options import make_optimizer, model_parameters
 from omicsweep.datasets.loader import CellBatches, training_batches
 from omicsweep.datasets.transform import ExpressionTransform
 from omicsweep.datasets.store import Store
@@ -81,6 +82,8 @@ def check_config(
     `where` the configuration came from (default: the model's search-space file) or the key's own `sources`
     entry (e.g. '--set'); then the model is built once."""
     validate_options(config, family=entry.family, where=str(where or entry.space_file), sources=sources)
+    if entry.family == "torch":
+        accumulation_steps(config)
     try:
         entry.build(config, task)
     except ConfigError:
@@ -128,25 +131,29 @@ def _eval_batches(inputs: FitInputs, split: str, featurise=None) -> CellBatches:
 
 def train_epoch(
     model: nn.Module, batches, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, *, grad_clip: float = 0.0,
-    strategy: Strategy | None = None, schedule=None, precision: str = "fp32",
+    strategy: Strategy | None = None, schedule=None, precision: str = "fp32", accumulation: int = 1,
 ) -> float:
     """One pass over `batches` of (inputs, y); returns the mean training loss per cell (of this rank's shard).
 
     schedule: a per-step learning-rate schedule (training_options.make_lr_schedule), told of each optimiser step;
-    precision 'bf16': forward passes under torch.autocast."""
+    precision 'bf16': forward passes under torch.autocast; accumulation > 1: one optimiser step every that many
+    micro-batches, each loss divided by it (training_options.Accumulator; DeepSpeed accumulates by its JSON)."""
     strategy = strategy or Strategy()
     model.train()
     loss_sum, seen = 0.0, 0
+    accumulator = Accumulator(model, optimizer, accumulation, grad_clip) if accumulation > 1 else None
     for x, y in strategy.lockstep(batches):
         y = strategy.to_device(y)
         with strategy.autocast(precision):
             logits = run_model(model, strategy.to_device(as_inputs(x)))
         loss = loss_fn(logits.float(), y)
-        stepped = strategy.step(model, optimizer, loss, grad_clip)
+        stepped = accumulator.add(loss) if accumulator else strategy.step(model, optimizer, loss, grad_clip)
         if schedule is not None and stepped is not False:
             schedule.optimizer_step()
         loss_sum += loss.item() * len(y)
         seen += len(y)
+    if accumulator is not None and accumulator.flush() and schedule is not None:
+        schedule.optimizer_step()
     return loss_sum / max(1, seen)
 
 
@@ -160,6 +167,14 @@ class _Member:
     batches: CellBatches
     rng_state: torch.Tensor
     pretrain_loss: float | None
+
+
+def _accumulation(config: dict[str, Any], strategy: Strategy) -> int:
+    steps = accumulation_steps(config)
+    if steps > 1 and hasattr(strategy, "_ds"):
+        raise ConfigError("config accumulation applies to one process or DDP; under DeepSpeed set "
+                          "gradient_accumulation_steps in its JSON (the engine divides the loss by it)")
+    return steps
 
 
 def _steps_per_epoch(batches, world_size: int) -> int:
@@ -196,7 +211,8 @@ def _make_member(entry: ModelEntry, inputs: FitInputs, index: int, featurise=Non
     optimizer = make_optimizer(model_parameters(model, cfg), cfg)
     model, optimizer = strategy.prepare(model, optimizer, cfg)
     scheduler = make_lr_schedule(strategy.torch_optimizer(model, optimizer), cfg,
-                                 steps_per_epoch=_steps_per_epoch(batches, strategy.world_size))
+                                 steps_per_epoch=-(-_steps_per_epoch(batches, strategy.world_size)
+                                                   // accumulation_steps(cfg)))
     if saved is None:
         return _Member(model, optimizer, scheduler, batches, torch.get_rng_state(), pretrain_loss)
     restore_member(strategy.module(model), optimizer, strategy.torch_optimizer(model, optimizer), scheduler, saved)
@@ -205,7 +221,7 @@ def _make_member(entry: ModelEntry, inputs: FitInputs, index: int, featurise=Non
 
 def _train_members_one_epoch(
     members: list[_Member], epoch: int, loss_fn: nn.Module, grad_clip: float, strategy: Strategy | None = None,
-    precision: str = "fp32",
+    precision: str = "fp32", accumulation: int = 1,
 ) -> float:
     """Each member trains one epoch on its own RNG stream; returns their mean training loss."""
     losses = []
@@ -213,7 +229,8 @@ def _train_members_one_epoch(
         torch.set_rng_state(member.rng_state)
         member.batches.set_epoch(epoch)
         losses.append(train_epoch(member.model, member.batches, member.optimizer, loss_fn, grad_clip=grad_clip,
-                                  strategy=strategy, schedule=member.scheduler, precision=precision))
+                                  strategy=strategy, schedule=member.scheduler, precision=precision,
+                                  accumulation=accumulation))
         if member.scheduler is not None:
             member.scheduler.epoch_end()
         member.rng_state = torch.get_rng_state()
@@ -263,7 +280,7 @@ def fit_torch(entry: ModelEntry, inputs: FitInputs, report: Report) -> None:
     # same values; as_inputs reads them as {"x": ...}), so a `pretrain` hook still gets (x, y) tensors
     featurise = entry.featurise.fit(inputs.store, cfg)
     featurise = None if featurise is DEFAULT_FEATURISER else featurise
-    precision = str(option(cfg, "precision"))
+    precision, accumulation = str(option(cfg, "precision")), _accumulation(cfg, strategy)
     resume = _resumed(inputs, n_members)
     progress = resume.progress if resume is not None else Progress()
     members = [_make_member(entry, inputs, i, featurise, resume.members[i] if resume else None)
@@ -278,7 +295,7 @@ def fit_torch(entry: ModelEntry, inputs: FitInputs, report: Report) -> None:
     for epoch in range(progress.epoch + 1, int(cfg["max_epochs"]) + 1):
         started = time.perf_counter()
         lr = float(members[0].optimizer.param_groups[0]["lr"])  # as the stepping optimiser (or wrapper) reads it
-        train_loss = _train_members_one_epoch(members, epoch, loss_fn, grad_clip, strategy, precision)
+        train_loss = _train_members_one_epoch(members, epoch, loss_fn, grad_clip, strategy, precision, accumulation)
         val_proba, val_y, val_loss = predict_torch(model, val, strategy, precision=precision)
         val_metrics = classification_metrics(val_y, val_proba)
         progress.train_s += time.perf_counter() - started  # the fit loop: test scoring, checkpoints are overhead

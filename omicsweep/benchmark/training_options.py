@@ -8,6 +8,7 @@ benchmark/options.py; this module turns them into torch objects. Config keys, al
     schedule_unit  epoch (default: stepped once per epoch, as always) | step (once per optimiser step)
     warmup_steps   optimiser steps of linear warm-up from lr / (warmup_steps + 1) to lr (default 0)
     precision      fp32 (default) | bf16 (forward passes under torch.autocast on the trial's device)
+    accumulation   micro-batches per optimiser step (default 1), the loss divided by it (Accumulator)
 """
 
 from __future__ import annotations
@@ -20,11 +21,57 @@ import torch
 from torch import nn
 
 from omicsweep.benchmark.options import LOSSES, OPTIMIZERS, SCHEDULES, option  # noqa: F401 - the declaration
+from omicsweep.errors import ConfigError
 
 
 
 def warmup_steps(config: dict[str, Any]) -> int:
     return int(option(config, "warmup_steps"))
+
+
+def accumulation_steps(config: dict[str, Any]) -> int:
+    """config `accumulation`: micro-batches per optimiser step (absent or null: 1), the loss divided by it."""
+    value = config.get("accumulation")
+    if value is None:
+        return 1
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)) or str(value).strip() == "":
+        raise ConfigError(f"config accumulation={value!r}: expected a whole number of micro-batches >= 1")
+    try:
+        steps = float(value)
+    except ValueError:
+        steps = 0.0
+    if steps < 1 or steps != int(steps):
+        raise ConfigError(f"config accumulation={value!r}: expected a whole number of micro-batches >= 1")
+    return int(steps)
+
+
+class Accumulator:
+    """Gradient accumulation for the shared loop: each micro-batch's loss / `steps` is back-propagated, and the
+    optimiser steps (after clipping) every `steps` micro-batches and once more for an epoch's remainder, so a
+    step's gradient is the mean over its micro-batches' cells (for equal micro-batches: the gradient of one batch
+    `steps` times as large)."""
+
+    def __init__(self, model, optimizer, steps: int, grad_clip: float) -> None:
+        self.model, self.optimizer, self.steps, self.grad_clip = model, optimizer, int(steps), float(grad_clip)
+        self.pending = 0
+        optimizer.zero_grad(set_to_none=True)
+
+    def add(self, loss: torch.Tensor) -> bool:
+        """Back-propagate one micro-batch's loss; True when this completed an optimiser step."""
+        (loss / self.steps).backward()
+        self.pending += 1
+        return self.pending == self.steps and self.flush()
+
+    def flush(self) -> bool:
+        """Step on what is accumulated (an epoch's last, partial step); False when nothing is."""
+        if not self.pending:
+            return False
+        if self.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=self.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.pending = 0
+        return True
 
 
 def balanced_class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:

@@ -162,6 +162,8 @@ def trained_blocks(value: Any, depth: int) -> list[int]:
             count = 0 if value is None else int(value)
             if count < 0 or count != float(value):
                 raise ValueError
+            if count > depth:
+                raise ConfigError(f"config unfreeze_layers={value!r}: the backbone has {depth} blocks")
             blocks = list(range(max(0, depth - count), depth))
     except (TypeError, ValueError):
         raise ConfigError(f"config unfreeze_layers={value!r}: expected a whole number of last blocks >= 0, a list of "
