@@ -9,7 +9,8 @@ one-trial control runs. So the grid is one Tuner whose parts keep each pair's sw
   the fewest trials started that still has budget and whose own searcher has a proposal, and tags the config
   with the pair (`PAIR_KEY`); results and completions go back to that pair's searcher only.
 - `PairScheduler` holds one scheduler per pair (ASHA with the pair's max_t, or FIFO), so ASHA's rungs only ever
-  hold trials of one pair: a fast control never raises a slow model's cut-off.
+  hold trials of one pair: a fast control never raises a slow model's cut-off. Their rung records are kept in
+  the run folder (benchmark/scheduler_state.py), so a resumed grid's ASHA starts where the interrupted one was.
 - `PairCallback` hands each trial event to the pair's tracking callback, which sees the trial without the tag.
 - `run_pair_trial` runs the trial with the pair's `TrialContext`; resources are asked per trial from its pair.
 """
@@ -28,6 +29,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from omicsweep.benchmark.resume import sweep_key
+from omicsweep.benchmark.scheduler_state import RungLog
 from omicsweep.errors import SweepInterrupted
 
 PAIR_KEY = "__omicsweep_pair__"  # in a grid trial's Tune config: which (dataset, model) sweep it belongs to
@@ -114,11 +116,23 @@ class PairSearcher(Searcher):
 
 class PairScheduler(FIFOScheduler):
     """One trial scheduler per pair: each trial's events go to its pair's scheduler only, so ASHA compares a trial
-    with trials of the same (dataset, model) sweep and nothing else. Pending trials start in order (FIFO)."""
+    with trials of the same (dataset, model) sweep and nothing else. Pending trials start in order (FIFO).
 
-    def __init__(self, schedulers: dict[str, TrialScheduler]) -> None:
+    With a `rung_log` (benchmark/scheduler_state.py), each pair's ASHA starts from the rung entries the log holds
+    (a resumed sweep's trials that ended before the interruption), and every trial entering a rung is written
+    to it, so the next resume finds it."""
+
+    def __init__(self, schedulers: dict[str, TrialScheduler], rung_log: RungLog | None = None) -> None:
         super().__init__()
-        self.schedulers = schedulers
+        self.schedulers, self.rung_log = schedulers, rung_log
+        if rung_log is not None:
+            for key, scheduler in schedulers.items():
+                rung_log.seed(key, scheduler)
+
+    def _note(self, trial) -> None:
+        if self.rung_log is not None:
+            key = pair_of(trial.config)
+            self.rung_log.note(key, self.schedulers[key], trial.trial_id)
 
     def _of(self, trial) -> TrialScheduler:
         return self.schedulers[pair_of(trial.config)]
@@ -134,10 +148,13 @@ class PairScheduler(FIFOScheduler):
         self._of(trial).on_trial_error(tune_controller, trial)
 
     def on_trial_result(self, tune_controller, trial, result) -> str:
-        return self._of(trial).on_trial_result(tune_controller, trial, result)
+        decision = self._of(trial).on_trial_result(tune_controller, trial, result)
+        self._note(trial)
+        return decision
 
     def on_trial_complete(self, tune_controller, trial, result) -> None:
         self._of(trial).on_trial_complete(tune_controller, trial, result)
+        self._note(trial)
 
     def on_trial_remove(self, tune_controller, trial) -> None:
         self._of(trial).on_trial_remove(tune_controller, trial)
@@ -276,6 +293,13 @@ def _pair_scheduler(pair: PairSweep) -> TrialScheduler:
     return build_scheduler(pair.request.scheduler, max_t=int(pair.context.defaults.get("max_epochs", 1)))
 
 
+def _rung_log(pairs: list[PairSweep]) -> RungLog:
+    """The run folder's ASHA rung records: a resumed pair keeps those of its trials that ended before the
+    interruption (an interrupted trial runs again and enters the rungs again), a fresh pair starts empty."""
+    keep = {p.key: {t.trial_id for t in p.history.done()} if p.history else set() for p in pairs}
+    return RungLog.resumed(pairs[0].request.run_folder, keep)
+
+
 def _fit(pairs: list[PairSweep], experiment: str, *, concurrency: int) -> None:
     """One Tuner over the pairs with trials left: their trials share the `concurrency` slots."""
     from ray import tune
@@ -290,7 +314,7 @@ def _fit(pairs: list[PairSweep], experiment: str, *, concurrency: int) -> None:
                        {p.key: trial_resources(p.request, p.context) for p in pairs}),
         tune_config=tune.TuneConfig(
             metric=SEARCH_METRIC, mode="max", search_alg=searcher,
-            scheduler=PairScheduler({p.key: _pair_scheduler(p) for p in pairs}),
+            scheduler=PairScheduler({p.key: _pair_scheduler(p) for p in pairs}, rung_log=_rung_log(pairs)),
             num_samples=sum(p.remaining for p in pairs),
             # a finished trial's worker takes the next one (no per-trial process start); a distributed
             # trial's Tune actor only waits on its Train run, so a fresh one is as cheap and cleaner
