@@ -172,3 +172,27 @@ def importance_figure(importances: dict[str, float], *, title: str = ""):
     ax.set_xlabel("importance (fANOVA)")
     ax.set_title(title or "hyperparameter importance")
     return fig
+
+
+def top_genes_figure(ranked: dict[str, list[tuple[str, float]]], reference: dict[str, set[str]], *, title: str = "",
+                     columns: int = 4):
+    """Per class, its top genes by attention as horizontal bars (largest on top); a gene also in the class's
+    rank_genes_groups top N is drawn dark, one only attention ranked light. ranked: {class: [(gene, score)]}."""
+    names = list(ranked)[:MAX_CLASSES_SHOWN]
+    cols = max(1, min(columns, len(names)))
+    rows = max(1, -(-len(names) // cols))
+    depth = max((len(v) for v in ranked.values()), default=1)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 0.18 * depth * rows + 1.2 * rows), squeeze=False)
+    for ax, name in zip(axes.ravel(), names):
+        genes = [g for g, _ in ranked[name]][::-1]
+        scores = [s for _, s in ranked[name]][::-1]
+        both = reference.get(name, set())
+        ax.barh(genes, scores, color=["#4c72b0" if g in both else "#a6bddb" for g in genes])
+        ax.tick_params(axis="y", labelsize=6)
+        ax.tick_params(axis="x", labelsize=6)
+        ax.set_title(f"{name} ({sum(g in both for g in genes)}/{len(genes)} in rank_genes_groups)", fontsize=7)
+    for ax in axes.ravel()[len(names):]:
+        ax.axis("off")
+    fig.suptitle(title or "attention received per class (dark: also in rank_genes_groups' top)", fontsize=9)
+    fig.tight_layout()
+    return fig
