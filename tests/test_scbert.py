@@ -151,18 +151,47 @@ def test_bad_pretrained_input_is_one_line_and_exit_2(setting, says, cli, pbmc_st
 
 
 @pytest.mark.slow
-def test_train_fine_tunes_a_checkpoint_end_to_end(ray_session, cli, pbmc_store, tmp_path):
+def test_train_fine_tunes_a_pretraining_run_end_to_end(ray_session, cli, pbmc_store, tmp_path):
+    """`pretrained=RUN_ID` finds the run's logged checkpoint in the sweep's tracking store (read in place); a run of
+    another model is refused; the trial's checkpoint holds the head, not the frozen backbone."""
     from omicsweep.datasets import open_store
 
     genes = list(map(str, open_store(pbmc_store).genes()))
-    folder, state = write_checkpoint(tmp_path / "ckpt", genes[::2])
-    code, stdout, stderr = cli("train", "--dataset", "pbmc68k", "--model", "scbert", "--set", f"pretrained={folder}",
-                               "--set", "max_epochs=1", "--set", "accumulation=2", "--set", "unfreeze_layers=0",
-                               "--runs", tmp_path / "run")
+    folder, _ = write_checkpoint(tmp_path / "ckpt", genes[::2])
+    runs = tmp_path / "run"
+    pretrain_run, other_run = _logged_runs(runs, folder, ["scbert_pretrain", "logreg"])
+    code, stdout, stderr = cli("train", "--dataset", "pbmc68k", "--model", "scbert", "--set",
+                               f"pretrained={other_run}", "--runs", runs)
+    assert_one_line_error(code, stdout, stderr, other_run, "not a pretraining run")
+    code, stdout, stderr = cli("train", "--dataset", "pbmc68k", "--model", "scbert", "--set",
+                               f"pretrained={pretrain_run}", "--set", "max_epochs=1", "--set", "accumulation=2",
+                               "--set", "unfreeze_layers=0", "--runs", runs)
     assert code == 0, stdout + stderr
     assert "383 of 383 vocabulary genes found in the store (100.0%)" in stderr
-    assert "scbert (pretrained)" in stdout
-    [model_file] = list((tmp_path / "run" / "ray").rglob("model.pt"))
+    assert str(runs / "mlartifacts") in stderr and "scbert (pretrained)" in stdout
+    [model_file] = list((runs / "ray").rglob("model.pt"))
     saved = torch.load(model_file, weights_only=True)
+    assert any(k.startswith("head.") for k in saved)
     assert not any(k.startswith("backbone.layers.") and not k.endswith(("projection", "feature_step"))
                    for k in saved)  # a frozen backbone is referenced, not copied
+
+
+def test_the_head_s_convolution_is_scberts_conv2d():
+    head = ScBertHead(seq_len=7, dim=5, n_classes=2)
+    x = torch.randn(3, 7, 5)
+    conv = torch.relu(head.conv(x.unsqueeze(1))).flatten(1)  # scBERT: conv -> ReLU -> flatten
+    assert torch.allclose(head(x), head.mlp(conv), atol=1e-6)
+
+
+def _logged_runs(runs, checkpoint_folder, models):
+    """A finished trial of each model in the run folder's tracking store, the checkpoint logged as sweeps log one."""
+    from omicsweep.reports.tracking import MlflowRecorder, default_tracking_uri
+
+    recorder = MlflowRecorder(default_tracking_uri(runs), artifact_root=runs / "mlartifacts")
+    for model in models:
+        recorder.start_sweep(dataset="corpus", model=model, params={}, tags={})
+        recorder.start_trial(model, params={}, tags={})
+        recorder.log_artifacts(model, str(checkpoint_folder), artifact_path="checkpoint")
+        recorder.end_trial(model, status="FINISHED")
+        recorder.end_sweep(status="FINISHED", summary={})
+    return [recorder.trial_runs[model] for model in models]

@@ -111,7 +111,16 @@ def sweep(
             max_failures=max_failures, inject_faults=inject_faults, searcher=searcher, scheduler=scheduler,
             optuna_storage=optuna_storage,
         )
+    _resolve_run_ids(options)
     run_plan(build_plan(options, resuming=resume is not None))
+
+
+def _resolve_run_ids(options) -> None:
+    """A model config's RUN_ID (scbert's `pretrained`) is looked up in this sweep's tracking store."""
+    from omicsweep.models.scbert import set_run_resolver
+    from omicsweep.reports.pretrained import resolver
+
+    set_run_resolver(resolver(options.runs, options.tracking_uri))
 
 
 @user_errors
@@ -138,6 +147,7 @@ def train(
         dataset=dataset, model=model, seed=seed, metric=metric, space=space, runs=runs, tracking_uri=tracking_uri,
         address=address, cpus_per_trial=cpus_per_trial, ensemble=ensemble, settings=list(set_), fixed=True,
     )
+    _resolve_run_ids(options)
     plan = build_plan(options)
     outcome, = run_plan(plan)
     err_console.print(

@@ -16,7 +16,7 @@ the worker) reads module.pt (its hash checked) and the vocabulary; `build` opens
 The featuriser hands the model a cell's counts over the store's genes ("counts"); the model gathers them onto
 the vocabulary (store genes absent from it dropped, vocabulary genes absent from the store zero), then bins them
 as `datasets.tokens.expression_tokens` does (1e4 per cell over the vocabulary's genes, log2(1 + x), capped at 5:
-scBERT normalised after mapping onto its 16,906 genes). Doing the mapping in the model keeps `predict`, the pyfunc
+scBERT normalised after mapping onto its 16,906 genes; values below 0, a scaled store's, count as 0). Doing the mapping in the model keeps `predict`, the pyfunc
 and every caller of the featuriser unchanged: they hand it the training store's genes.
 
 Head (scBERT's `Identity`): Conv2d(1, 1, (1, dim)) -> ReLU -> flatten -> Linear(seq, 512) -> ReLU -> Dropout ->
@@ -92,8 +92,10 @@ class ScBertHead(nn.Module):
                                  nn.ReLU(), nn.Dropout(dropout), nn.Linear(128, n_classes))
 
     def forward(self, representation: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.conv(representation.unsqueeze(1)))  # (b, 1, seq, 1)
-        return self.mlp(x.flatten(1))
+        # the (1, dim) convolution of one channel is a dot product per position: computed as one (torch's CPU
+        # convolution backward of this shape took most of a training step), with the Conv2d's own weights
+        weight = self.conv.weight.reshape(-1)
+        return self.mlp(torch.relu(representation @ weight + self.conv.bias))
 
 
 class ScBertClassifier(nn.Module):
@@ -347,15 +349,17 @@ def _gene2vec(config: dict[str, Any], sizes: dict[str, Any], genes) -> Any:
 
 def build(config: dict[str, Any], task: Task) -> ScBertClassifier:
     """The classifier of a configuration from `task.priors` (load_priors): opens no file."""
-    if not task.genes:
-        raise ConfigError("scbert maps the store's genes onto its vocabulary by symbol; the task has no gene names")
     priors, sizes = task.priors, task.priors["sizes"]
-    backbone = Performer(n_genes=len(priors["vocabulary"]), gene2vec=priors.get("gene2vec"), dropout=0.0,
+    if not task.genes and priors.get("state") is not None:
+        raise ConfigError("scbert maps the store's genes onto its vocabulary by symbol; the task has no gene names")
+    vocabulary = priors["vocabulary"] or tuple(map(str, range(task.n_features)))  # no names: the columns in order
+    genes = task.genes or vocabulary
+    backbone = Performer(n_genes=len(vocabulary), gene2vec=priors.get("gene2vec"), dropout=0.0,
                          seed=int(config.get("seed", 0)), **sizes)
     state = priors.get("state")
     if state is not None:
         backbone.load_state_dict(state)
-    return ScBertClassifier(backbone, gene_index(task.genes, priors["vocabulary"]), task.n_classes,
+    return ScBertClassifier(backbone, gene_index(genes, vocabulary), task.n_classes,
                             dropout=float(config.get("dropout") or 0.0),
                             trained_blocks=trained_blocks(config.get("unfreeze_layers", 1), int(sizes["depth"])),
                             drop_frozen=state is not None)
@@ -363,9 +367,7 @@ def build(config: dict[str, Any], task: Task) -> ScBertClassifier:
 
 def featurise(batch, genes, transform) -> dict[str, torch.Tensor]:
     """A batch's counts over the store's genes (int32 when whole, so no dtype cast of the strategy rounds them)."""
-    dense = sp.csr_matrix(batch).toarray()
-    if dense.size and dense.min() < 0:
-        raise InputError("scbert needs counts (its tokens bin counts per cell); the batch has negative values")
+    dense = np.maximum(sp.csr_matrix(batch).toarray(), 0)  # tokens bin counts: a scaled store's negatives are 0
     whole = dense.size == 0 or (np.array_equal(dense, np.round(dense)) and dense.max() < 2**31)
     return {COUNTS_KEY: torch.from_numpy(dense.astype(np.int32 if whole else np.float32))}
 
