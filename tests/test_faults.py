@@ -137,6 +137,7 @@ def test_sweep_resumes_after_the_driver_is_killed(cli, ray_session, pbmc_store, 
     state = json.loads((out / "sweep-state.json").read_text())
     assert state["pbmc68k/mlp"]["status"] == "running"
 
+    rungs_before = json.loads((out / "asha-rungs.json").read_text())["pbmc68k/mlp"]  # written as results came
     code, stdout, stderr = cli("sweep", "--resume", out)
     assert code == 0, stdout + stderr
     runs = _runs(out)
@@ -153,6 +154,10 @@ def test_sweep_resumes_after_the_driver_is_killed(cli, ray_session, pbmc_store, 
     configs = [json.dumps({k: r["config"][k] for k in TINY_SPACE["space"]}, sort_keys=True) for r in trials]
     assert len(set(configs)) == 8  # the resumed searcher knew the earlier configurations
     assert json.loads((out / "sweep-state.json").read_text())["pbmc68k/mlp"]["status"] == "finished"
+    # ASHA's rungs: the ended trials' entries from before the kill kept, the interrupted ones' dropped (re-run)
+    rungs = json.loads((out / "asha-rungs.json").read_text())["pbmc68k/mlp"]
+    assert set(rungs) == {r["name"] for r in trials}
+    assert all(rungs[before[i]["name"]] == rungs_before[before[i]["name"]] for i in done_before)
 
 
 def test_history_search_starts_from_earlier_trials_and_seeds_repeat():
