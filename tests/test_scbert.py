@@ -90,6 +90,18 @@ def test_a_pretraining_checkpoint_loads_into_the_backbone_and_its_sizes_are_pinn
     assert model.head.mlp[0].in_features == len(VOCAB) + 1
     with pytest.raises(ConfigError, match="another size"):
         built({"pretrained": str(folder), "dim": 16}, STORE_GENES)
+    # the ablation: `pretrained: none` with backbone_from builds the same network from random weights
+    untrained, _ = built({"pretrained": "none", "backbone_from": str(folder), "unfreeze_layers": 1}, STORE_GENES)
+    assert untrained.head.mlp[0].in_features == len(VOCAB) + 1
+    assert untrained.backbone.state_dict().keys() == own.keys()
+    assert not torch.equal(untrained.backbone.layers[0].attn.to_qkv.weight, own["layers.0.attn.to_qkv.weight"])
+    assert set(untrained.state_dict()) >= {f"backbone.{k}" for k in own}  # all of it: no checkpoint holds it
+    untrained.eval()
+    counts = torch.randint(0, 9, (5, len(STORE_GENES)))
+    with torch.no_grad():
+        whole = untrained(counts)
+        untrained.eval_elements = 2 * (len(VOCAB) + 1) * 8  # chunks of 2 cells
+        assert torch.allclose(untrained(counts), whole, atol=1e-6)
 
 
 def test_frozen_blocks_do_not_change_trained_ones_do_and_the_checkpoint_holds_what_trained(checkpoint):

@@ -111,6 +111,7 @@ class ScBertClassifier(nn.Module):
         # store column of each vocabulary gene, n_store (a zero column) where the store lacks it
         self.register_buffer("gene_index", torch.as_tensor(gene_index, dtype=torch.long), persistent=False)
         self.trained_blocks = list(trained_blocks)
+        self.eval_elements = 2**26  # floats of one activation when scoring (256 MB)
         for name, param in backbone.named_parameters():
             param.requires_grad = _trained_name(name, self.trained_blocks)
         # a pretrained backbone's frozen weights stay in its checkpoint, not in every trial's (load_priors reads them)
@@ -118,6 +119,14 @@ class ScBertClassifier(nn.Module):
         self.register_load_state_dict_post_hook(_tolerate_frozen)
 
     def forward(self, counts: torch.Tensor) -> torch.Tensor:
+        """Logits; without gradients in chunks of at most `eval_elements` / (seq x dim) cells (the loop scores
+        1,024 cells a batch: scBERT's sizes would hold 1,024 x 16,907 x 200 floats per activation)."""
+        step = max(1, self.eval_elements // (self.backbone.seq_len * self.backbone.dim))
+        if torch.is_grad_enabled() or len(counts) <= step:
+            return self._logits(counts)
+        return torch.cat([self._logits(chunk) for chunk in counts.split(step)])
+
+    def _logits(self, counts: torch.Tensor) -> torch.Tensor:
         padded = torch.cat([counts.float(), torch.zeros_like(counts[:, :1], dtype=torch.float32)], dim=1)
         tokens = tokens_from_counts(padded[:, self.gene_index])
         return self.head(self.backbone.representation(tokens))
