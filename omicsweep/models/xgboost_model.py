@@ -1,10 +1,15 @@
 """Gradient-boosted trees baseline: xgboost's `hist` method (Open Problems and scTab both list it).
 
-`XGBoostClassifier` is a small scikit-learn-style classifier over `xgboost.train`: it trains on a
-`QuantileDMatrix` built straight from the CSR training split (quantised to `max_bin` bins per gene, about one
-byte per stored value, no dense copy), on the GPU when the trial has one and the installed xgboost was built with
-CUDA (`device: auto`), else on the CPU. Zeros are xgboost's missing values, in training (CSR: not stored) and in
-prediction (dense rows: missing=0), so a dense and a sparse copy of the same rows predict the same.
+`XGBoostClassifier` is a small scikit-learn-style classifier over `xgboost.train`. Training data is fed to
+xgboost in row blocks of the CSR training split (`CsrBlocks`, an `xgboost.DataIter`), never as one matrix: on the
+CPU into an `ExtMemQuantileDMatrix` whose quantised pages live in a temporary folder on disk (removed after the
+fit), on a GPU (`device: auto` when the trial has one and xgboost was built with CUDA) into a `QuantileDMatrix`
+in device memory. The bin edges come from a seeded sample of `SKETCH_ROWS` rows (`ref=`), because xgboost's
+quantile sketch over the whole split costs about 33 bytes a non-zero (4.6 GB peak on a 200k x 20k store at 140M
+training non-zeros); with the sample and the pages on disk a fit's memory is the sample's sketch plus one page,
+whatever the rows (perf/RESULTS.md, Baseline timings). Predictions are made in row blocks too. Zeros are
+xgboost's missing values, in training (CSR: not stored) and in prediction (dense rows: missing=0), so a dense and
+a sparse copy of the same rows predict the same.
 
 Labels are the classes present in the training split (xgboost wants 0..k-1; a fold may lack a class); `classes_`
 maps them back. The state is xgboost's own UBJSON model (`save_state` / `load_state`), with classes_ and the
@@ -14,6 +19,7 @@ constructor's parameters as booster attributes: no pickle, no skops.
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +31,8 @@ from omicsweep.schema import XGBOOST_FILE
 
 PARAMS = ("n_estimators", "max_depth", "learning_rate", "subsample", "colsample_bytree", "min_child_weight",
           "reg_lambda", "max_bin", "device", "n_jobs", "seed")
+SKETCH_ROWS = 4096  # rows whose values set the bin edges: about 200 MB of sketch at 1,000 non-zeros a row
+BLOCK_ROWS = 8192  # rows handed to xgboost at a time, in training and prediction
 
 
 def resolve_device(device: str) -> str:
@@ -38,6 +46,38 @@ def resolve_device(device: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _data_iter():
+    import xgboost
+
+    class CsrBlocks(xgboost.DataIter):
+        """Row blocks of a CSR matrix (slices: views of its arrays plus a block's indptr) with their labels."""
+
+        def __init__(self, x, labels, cache_prefix: str | None):
+            self.x, self.labels, self.at = x, labels, 0
+            super().__init__(cache_prefix=cache_prefix, release_data=True, on_host=False)
+
+        def next(self, input_data) -> bool:
+            if self.at >= self.x.shape[0]:
+                return False
+            stop = self.at + BLOCK_ROWS
+            input_data(data=self.x[self.at : stop], label=self.labels[self.at : stop])
+            self.at = stop
+            return True
+
+        def reset(self) -> None:
+            self.at = 0
+
+    return CsrBlocks
+
+
+def _sketch_sample(x, seed: int):
+    """SKETCH_ROWS rows drawn without replacement (sorted, so a label-sorted store's blocks are all sampled)."""
+    if x.shape[0] <= SKETCH_ROWS:
+        return x
+    rows = np.sort(np.random.default_rng(seed).choice(x.shape[0], SKETCH_ROWS, replace=False))
+    return x[rows]
 
 
 class XGBoostClassifier:
@@ -79,9 +119,18 @@ class XGBoostClassifier:
         y = np.asarray(y, dtype=np.int64)
         self.classes_ = np.unique(y)
         codes = np.searchsorted(self.classes_, y)
-        train = xgboost.QuantileDMatrix(x, label=codes, missing=0.0, max_bin=int(self.max_bin),
-                                        nthread=int(self.n_jobs))
-        self.booster = xgboost.train(self._train_params(), train, num_boost_round=int(self.n_estimators))
+        params = self._train_params()
+        options = {"missing": 0.0, "max_bin": int(self.max_bin), "nthread": int(self.n_jobs)}
+        cuts = xgboost.QuantileDMatrix(_sketch_sample(x, int(self.seed)), **options)
+        if params["device"] != "cpu":  # device memory: quantised pages in GPU memory, no disk cache
+            train = xgboost.QuantileDMatrix(_data_iter()(x, codes, None), ref=cuts, **options)
+            self.booster = xgboost.train(params, train, num_boost_round=int(self.n_estimators))
+            return self
+        with tempfile.TemporaryDirectory(prefix="omicsweep-xgboost-") as folder:
+            train = xgboost.ExtMemQuantileDMatrix(_data_iter()(x, codes, f"{folder}/pages"), ref=cuts, **options)
+            del cuts
+            self.booster = xgboost.train(params, train, num_boost_round=int(self.n_estimators))
+            del train  # its pages are files in `folder`
         return self
 
     def predict_proba(self, x) -> np.ndarray:
@@ -89,9 +138,12 @@ class XGBoostClassifier:
 
         if self.booster is None:
             raise ValueError("XGBoostClassifier is not fitted")
-        rows = xgboost.DMatrix(x, missing=0.0, nthread=int(self.n_jobs))
-        proba = self.booster.predict(rows).reshape(rows.num_row(), -1)
-        return proba[:, : len(self.classes_)] if len(self.classes_) > 1 else np.ones((rows.num_row(), 1))
+        if len(self.classes_) < 2:
+            return np.ones((x.shape[0], 1))
+        blocks = [self.booster.predict(xgboost.DMatrix(x[at : at + BLOCK_ROWS], missing=0.0, nthread=int(self.n_jobs)))
+                  for at in range(0, x.shape[0], BLOCK_ROWS)]
+        proba = np.concatenate(blocks) if blocks else np.zeros((0, len(self.classes_)), dtype=np.float32)
+        return proba.reshape(x.shape[0], -1)[:, : len(self.classes_)]
 
     def predict(self, x) -> np.ndarray:
         return self.classes_[self.predict_proba(x).argmax(axis=1)]
