@@ -101,3 +101,18 @@ def test_csr_output_without_prefetch_matches_dense(tmp_path):
     for (x, y), (m, labels) in zip(dense, sparse):
         assert (y.numpy() == labels).all()
         np.testing.assert_allclose(x.numpy(), transform(m.toarray().astype(np.float32)), rtol=1e-6)
+
+
+def test_kept_batches_survive_the_reuse_of_buffer_memory(tmp_path):
+    """Buffers reuse their scratch arrays (two, alternating with prefetch): batches already handed out stay
+    intact, and a prefetching epoch equals the same epoch read one buffer at a time, every cell once."""
+    store, dense = _synthetic_counts(tmp_path)
+    common = dict(batch_size=100, shuffle=True, seed=3, buffer_chunks=1, block_rows=64, transform=None, output="csr")
+    kept = [(m.copy(), y) for m, y in CellBatches(store, "train", prefetch=False, **common)]
+    ahead = list(CellBatches(store, "train", prefetch=True, **common))  # not copied: must not change afterwards
+    assert len(ahead) == len(kept) > 10  # batches from every one of the training split's buffers
+    for (m, y), (expected, labels) in zip(ahead, kept):
+        assert (y == labels).all() and (m != expected).nnz == 0
+    ids = np.concatenate([m[:, 0].toarray().ravel() for m, _ in ahead]).astype(int) - 1
+    original = np.array([int(c[1:]) for c in store.cell_ids()])[store.split_indices("train")]
+    assert sorted(ids.tolist()) == sorted(original.tolist())
