@@ -162,13 +162,18 @@ class MlflowRecorder:
         return run.info.run_id
 
     def log_result(self, trial_id: str, metrics: dict[str, Any], *, step: int) -> None:
+        self.log_results(trial_id, [(metrics, step)])
+
+    def log_results(self, trial_id: str, results: list[tuple[dict[str, Any], int]]) -> None:
+        """Several (metrics, step) results of one trial in one write (benchmark/recorder_queue.py queues them)."""
         run_id = self.trial_runs[trial_id]
-        self.log_metrics(run_id, metrics, step=step)
-        if DEGENERATE_METRIC in metrics:  # a tag too, so the MLflow UI and searches show a collapsed model
-            flag = "true" if metrics[DEGENERATE_METRIC] else "false"
-            if self._degenerate.get(run_id) != flag:
-                self.client.set_tag(run_id, DEGENERATE_TAG, flag)
-                self._degenerate[run_id] = flag
+        self._log_items(run_id, [item for metrics, step in results for item in _metric_items(metrics, step)])
+        for metrics, _ in results:
+            if DEGENERATE_METRIC in metrics:  # a tag too, so the MLflow UI and searches show a collapsed model
+                flag = "true" if metrics[DEGENERATE_METRIC] else "false"
+                if self._degenerate.get(run_id) != flag:
+                    self.client.set_tag(run_id, DEGENERATE_TAG, flag)
+                    self._degenerate[run_id] = flag
 
     def end_trial(self, trial_id: str, *, status: str, error: str | None = None) -> None:
         """Close a trial's run; its metrics were logged epoch by epoch as they arrived."""
@@ -190,16 +195,23 @@ class MlflowRecorder:
             self.client.log_batch(run_id, params=items[start : start + 100])
 
     def log_metrics(self, run_id: str, metrics: dict[str, Any], *, step: int) -> None:
-        from mlflow.entities import Metric
+        self._log_items(run_id, _metric_items(metrics, step))
 
-        now = int(time.time() * 1000)
-        items = [
-            Metric(str(k), float(v), now, int(step))
-            for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
-        ]
+    def _log_items(self, run_id: str, items: list) -> None:
         for start in range(0, len(items), 500):
             self.client.log_batch(run_id, metrics=items[start : start + 500])
+
+
+def _metric_items(metrics: dict[str, Any], step: int) -> list:
+    """MLflow Metric entities of a result's finite numbers (booleans and text are not metrics)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    return [
+        Metric(str(k), float(v), now, int(step))
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+    ]
 
 
 # ---- reading runs back ---------------------------------------------------------------------------------------------
