@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.overrides import TorchFunctionMode
 
 from omicsweep.benchmark.explain import attention_received, explain_store
 from omicsweep.models.performer import Performer
@@ -39,7 +39,7 @@ def _explicit_received(model: Performer, tokens: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("attention", ["favor", "exact"])
-def test_column_sums_equal_the_explicit_matrix(attention):
+def test_column_sums_equal_the_explicit_matrix(attention, one_thread):
     torch.manual_seed(0)
     model = Performer(n_genes=49, dim=16, depth=2, heads=2, dim_head=8, nb_features=16, attention=attention,
                       gene_embedding="learned").eval()
@@ -53,12 +53,14 @@ def test_column_sums_equal_the_explicit_matrix(attention):
     assert torch.allclose(got.sum(dim=-1), torch.full((3,), 50.0), rtol=1e-4)  # each query's row sums to 1
 
 
-class LargestTensor(TorchDispatchMode):
-    """Every aten op's outputs seen as they are made: the largest number of elements any one of them held."""
+class LargestTensor(TorchFunctionMode):
+    """Every torch function's outputs seen as they are made (einsum, softmax, exp, the layers' functionals): the
+    largest number of elements any one of them held. (A TorchDispatchMode sees the aten ops under them too, but
+    made this forward 60x slower.)"""
 
     largest = 0
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for tensor in torch.utils._pytree.tree_leaves(out):
             if isinstance(tensor, torch.Tensor):
@@ -67,7 +69,7 @@ class LargestTensor(TorchDispatchMode):
 
 
 @pytest.mark.parametrize("attention,n", [("favor", 20_000), ("exact", 4_000)])
-def test_a_long_sequence_never_allocates_the_matrix(attention, n):
+def test_a_long_sequence_never_allocates_the_matrix(attention, n, one_thread):
     """No tensor the forward and its column sums make comes near n x n elements (20,000^2 float32: 1.6 GB):
     FAVOR+ works on n x m features, exact attention on chunks of 256 queries x n keys."""
     model = Performer(n_genes=n - 1, dim=8, depth=1, heads=1, dim_head=4, nb_features=4, attention=attention,
@@ -187,7 +189,8 @@ def _tracked_run(runs, store_path, name: str) -> str:
     return recorder.trial_runs["t0"]
 
 
-def test_explain_writes_the_ranking_and_its_overlap_and_logs_the_plot(tmp_path, cli):
+@pytest.mark.slow
+def test_explain_writes_the_ranking_and_its_overlap_and_logs_the_plot(tmp_path, cli, one_thread):
     from mlflow import MlflowClient
 
     from omicsweep.datasets.synth_markers import write_marker_store
