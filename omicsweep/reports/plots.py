@@ -190,6 +190,7 @@ def top_genes_figure(ranked: dict[str, list[tuple[str, float]]], reference: dict
         ax.barh(genes, scores, color=["#4c72b0" if g in both else "#a6bddb" for g in genes])
         ax.tick_params(axis="y", labelsize=6)
         ax.tick_params(axis="x", labelsize=6)
+        ax.set_xlabel("attention received, summed over the class's cells", fontsize=6)
         ax.set_title(f"{name} ({sum(g in both for g in genes)}/{len(genes)} in rank_genes_groups)", fontsize=7)
     for ax in axes.ravel()[len(names):]:
         ax.axis("off")
