@@ -50,7 +50,8 @@ def ray_session():
     """One embedded Ray for the whole run; sweeps reuse it instead of starting their own."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # address="local": never attach to a cluster another process started with `ray start` on this machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()
 

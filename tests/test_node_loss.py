@@ -81,11 +81,12 @@ def _retries(db: Path) -> dict[str, float]:
 def test_losing_a_worker_node_mid_sweep_reschedules_its_trial(lost_node_cluster, tmp_path):
     cluster, out = lost_node_cluster, tmp_path / "runs"
     started = time.time()
+    # the driver finds the cluster as under `ray job submit` (RAY_ADDRESS, no --address: docs/sweep.md's way)
     driver = subprocess.Popen(
-        [str(BIN / "omicsweep"), "sweep", "--address", cluster["address"], "--dataset", "pbmc68k", "--model", "mlp",
+        [str(BIN / "omicsweep"), "sweep", "--dataset", "pbmc68k", "--model", "mlp",
          "--trials", "4", "--concurrency", "2", "--max-epochs", "3", "--scheduler", "none", "--reruns", "0",
          "--max-failures", "2", "--runs", str(out)],
-        env=ray_env(OMICSWEEP_CACHE=str(tmp_path / "cache")), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=ray_env(OMICSWEEP_CACHE=str(tmp_path / "cache"), RAY_ADDRESS=cluster["address"]), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, start_new_session=True,
     )
     try:

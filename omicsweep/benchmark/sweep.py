@@ -82,6 +82,13 @@ def check_address(address: str | None) -> None:
         )
 
 
+def cluster_address(address: str | None) -> str | None:
+    """The cluster to join: --address, else RAY_ADDRESS (set by `ray job submit` for its entrypoint), else None
+    (start a local Ray); "local" is None."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    return None if address is None or address.strip().lower() == "local" else address
+
+
 @contextlib.contextmanager
 def ray_session(*, address: str | None, num_cpus: int | None, temp_dir: Path | None = None) -> Iterator[None]:
     """Use a running Ray session as is; otherwise start an embedded one (or connect) and stop it afterwards."""
@@ -96,11 +103,13 @@ def ray_session(*, address: str | None, num_cpus: int | None, temp_dir: Path | N
         yield
         return
     kwargs: dict[str, Any] = {"log_to_driver": False, "include_dashboard": False, "configure_logging": False}
+    address = cluster_address(address)
     if address:
         check_address(address)
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, _temp_dir=str(temp_dir) if temp_dir else None, **kwargs)
+        # "local": a new embedded Ray, never one that `ray start` left on this machine (Ray's default attaches)
+        ray.init(address="local", num_cpus=num_cpus, _temp_dir=str(temp_dir) if temp_dir else None, **kwargs)
     try:
         yield
     finally:
