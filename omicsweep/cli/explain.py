@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from omicsweep.cli.common import DEFAULT_RUNS, Dataset, RunId, Runs, TrackingUri, console, note, tracking_store, user_errors
+from omicsweep.cli.common import (DEFAULT_RUNS, Dataset, RunId, Runs, TrackingUri, console, note, tracking_store,
+                                  user_errors)
 
 
 @user_errors

@@ -59,7 +59,8 @@ def write_marker_store(
         "preprocessing": [], "split": {"method": "random", "fractions": list(fractions), "seed": seed,
                                        "names": list(SPLITS)},
         "generator": {"kind": "planted_markers", "cells": cells, "genes": genes, "classes": n_classes,
-                      "markers_per_class": markers, "marker_mean": marker_mean, "background": list(background), "seed": seed, "markers": truth},
+                      "markers_per_class": markers, "marker_mean": marker_mean, "background": list(background),
+                      "seed": seed, "markers": truth},
     }
     with StoreWriter(Path(out), genes=gene_names, overwrite=overwrite) as writer:
         writer.append(sp.csr_matrix(counts))
