@@ -47,8 +47,12 @@ class TrainedModel:
 
     def predict_proba(self, x, *, batch_size: int = 4096) -> np.ndarray:
         """Class probabilities for aligned rows (samples x training features, dense or CSR): a torch model's
-        inputs are made by its featuriser (the transform applied there), an estimator's are the transformed rows."""
+        inputs are made by its featuriser (the transform applied there), in the trial's own `batch_size` (its
+        activations, e.g. scbert's cells x genes x dim, are what it trained within); an estimator's are the
+        transformed rows, `batch_size` at a time."""
         rows = sp.csr_matrix(x, dtype=np.float32)
+        if self.family == "torch" and self.config.get("batch_size"):
+            batch_size = int(self.config["batch_size"])
         out = [self._predict_rows(rows[start : start + batch_size]) for start in range(0, rows.shape[0], batch_size)]
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
 
@@ -236,6 +240,55 @@ def read_input(path: Path, *, layer: str | None, use_raw: bool):
         raise InputError(f"{path}: not a readable h5ad/AnnData zarr ({type(exc).__name__}: {exc})") from None
     matrix, genes, matrix_name = select_matrix(adata, layer=layer, use_raw=use_raw, source=str(path))
     return adata, matrix, list(map(str, genes)), matrix_name
+
+
+@dataclass
+class Agreement:
+    agreement: float  # share of the `known` cells whose (mapped) true label is the predicted class; nan if none
+    known: int  # cells whose true label (through the map) is a class the model knows
+    others: int
+    table: list[tuple[str, int, list[tuple[str, int]]]]  # per true label: its cells, its 3 most predicted classes
+
+
+def read_label_map(path: Path) -> dict[str, str]:
+    """--truth-map: a JSON object {true label: model class}, or lines 'true label<TAB or comma>model class'."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise InputError(f"{path}: unreadable label map ({exc})") from None
+    if text.lstrip().startswith("{"):
+        try:
+            mapping = json.loads(text)
+        except ValueError as exc:
+            raise InputError(f"{path}: not a JSON object of true label -> model class ({exc})") from None
+        return {str(k): str(v) for k, v in mapping.items()}
+    mapping = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            parts = line.split("\t") if "\t" in line else line.split(",")
+            if len(parts) != 2:
+                raise InputError(f"{path}:{number}: expected 'true label,model class' (or tab-separated): {line!r}")
+            mapping[parts[0].strip()] = parts[1].strip()
+    return mapping
+
+
+def label_agreement(truth, predicted, classes, *, mapping: dict[str, str] | None = None) -> Agreement:
+    """Known labels against the predicted ones. `mapping` sends true labels onto the model's class names (another
+    dataset's vocabulary, e.g. Zheng's 'CD19+ B' -> pbmc3k's 'B'); unmapped labels are compared as they are."""
+    import pandas as pd
+
+    labels = pd.Series(np.asarray(truth, dtype=str))
+    mapped = labels.map(lambda v: (mapping or {}).get(v, v))
+    pred = np.asarray(predicted, dtype=str)
+    known = mapped.isin(list(map(str, classes))).to_numpy()
+    agree = mapped.to_numpy() == pred
+    table = []
+    for label, members in sorted(labels.groupby(labels).groups.items(), key=lambda g: -len(g[1])):
+        names, counts = np.unique(pred[np.asarray(members)], return_counts=True)
+        top = sorted(zip(names.tolist(), counts.tolist()), key=lambda c: (-c[1], c[0]))[:3]
+        table.append((str(label), len(members), [(str(n), int(c)) for n, c in top]))
+    return Agreement(float(agree[known].mean()) if known.any() else float("nan"), int(known.sum()),
+                     int((~known).sum()), table)
 
 
 def prediction_columns(prediction: Prediction) -> dict[str, Any]:

@@ -105,6 +105,8 @@ def predict(
         "auto", help="auto (counts into a model trained on log data get cp10k-log1p), none, log1p or cp10k-log1p",
     ),
     truth: Optional[str] = typer.Option(None, help="obs column of known labels: print the agreement"),
+    truth_map: Optional[Path] = typer.Option(None, "--truth-map", help="with --truth: JSON {label: model class} or "
+                                             "'label,class' lines, for labels named unlike the model's classes"),
 ) -> None:
     """Label cells with a trained model: genes aligned by name (missing ones zero), the training transform applied.
     A gene-pair model labels every pair of a pair-task store from its images, made as its trial made them."""
@@ -145,7 +147,9 @@ def predict(
         highlight=False,
     )
     if truth is not None:
-        _print_agreement(adata.obs[truth].astype(str), result.labels, trained.classes, truth)
+        mapping = prediction.read_label_map(truth_map) if truth_map is not None else None
+        _print_agreement(prediction.label_agreement(adata.obs[truth], result.labels, trained.classes, mapping=mapping),
+                         truth)
 
 
 def _aligned_cells(input: Path, trained, record, matrix, genes, matrix_name: str, normalize: str):
@@ -180,17 +184,14 @@ def _predict_pairs(input: Path, trained, out: Path, by: str) -> None:
                   f"{store.bins}x{store.bins}, sigma {store.sigma:g})", highlight=False)
 
 
-def _print_agreement(truth_labels, predicted, classes, column: str) -> None:
-    """--truth: the share of cells whose known label (one the model knows) is the predicted one."""
-    import numpy as np
-
-    known = truth_labels.isin(classes).to_numpy()
-    agree = truth_labels.to_numpy() == np.asarray(predicted, dtype=str)
-    console.print(
-        f"agreement with obs[{column!r}]: {agree[known].mean() if known.any() else float('nan'):.3f} "
-        f"over {int(known.sum())} cells whose label the model knows ({int((~known).sum())} others)",
-        highlight=False,
-    )
+def _print_agreement(found, column: str) -> None:
+    """--truth: the share of cells whose known label (one the model knows, through --truth-map) is the predicted
+    one; and what the cells of each true label were called."""
+    console.print(f"agreement with obs[{column!r}]: {found.agreement:.3f} over {found.known} cells whose label the "
+                  f"model knows ({found.others} others)", highlight=False)
+    for label, n, top in found.table:
+        called = ", ".join(f"{name} {count / n:.0%}" for name, count in top)
+        console.print(f"  {label} ({n}): {called}", highlight=False)
 
 
 @user_errors
