@@ -221,7 +221,7 @@ def table(args, rows: list[dict], command: str, loads: list[float]) -> list[str]
             lines.append(f"Recorder time by call, {r['mode']}: " + ", ".join(
                 f"{k} {v:.1f} s / {r['recorder_calls'][k]} calls" for k, v in sorted(r["recorder"].items())) + "; "
                 "searcher: " + ", ".join(f"{k} {v:.1f} s" for k, v in sorted(r["searcher"].items())) + ".")
-    return lines
+    return lines + (["", args.note] if args.note else [])
 
 
 def main() -> None:
@@ -235,10 +235,22 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=5871)
     parser.add_argument("--quick", action="store_true", help="64 trials")
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
+    parser.add_argument("--note", help="a paragraph appended to the section (the reading of the numbers)")
+    parser.add_argument("--report-from", type=Path,
+                        help="write the table from the per-mode result lines a run printed (a run stopped early)")
     args = parser.parse_args()
     command = " ".join(["python perf/driver_scale.py", *sys.argv[1:]])
     if args.quick:
         args.trials = 64
+    if args.report_from:
+        import ast
+
+        rows = [ast.literal_eval(line) for line in args.report_from.read_text().splitlines()
+                if line.startswith("{'mode'")]
+        from results_section import replace_section
+
+        replace_section(args.results, SECTION, table(args, rows, command, [os.getloadavg()[0]]))
+        return
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

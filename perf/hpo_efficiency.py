@@ -154,10 +154,10 @@ def table(args, rows: list[dict], walls: dict[str, float], command: str) -> list
         f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} over 1 / 5 / 15 min at the end).",
         f"Each (method, seed): `omicsweep sweep --dataset pbmc68k,PBMC3K --model mlp --trials {args.trials} "
         f"--concurrency {args.concurrency} --max-epochs {args.epochs} --reruns 0 --searcher S --scheduler X --seed N "
-        f"--space SPACE` (pbmc3k in the first {args.pbmc3k_seeds} seed(s) only); SPACE is mlp's own space with "
-        f"width's choices cut to {WIDTHS} (8,192 x 2 layers costs 30-135 s an epoch on pbmc3k here). Seeds "
-        f"{', '.join(map(str, range(args.seeds)))}. Reduced from 64 trials x 3 seeds x 2 datasets to fit ~40 min "
-        "of 2 shared cores.",
+        f"--space SPACE` (pbmc3k in the first {args.pbmc3k_seeds} seed(s) only; the seeds column says which ran); SPACE is mlp's own space with "
+        f"width's choices cut to {WIDTHS} (8,192 x 2 layers costs 30-135 s an epoch on pbmc3k here). Seeds asked: "
+        f"{', '.join(map(str, range(args.seeds)))}. Reduced from the issue's 64 trials x 3 seeds x 2 datasets to fit "
+        "~40 min of 2 shared cores.",
         "random, tpe, gp, qmc train every trial to --max-epochs or early stopping (patience 5); tpe+asha stops poor "
         "trials at ASHA's rungs. Axes: epochs and trial seconds (sum of trial run durations) consumed by the ended "
         "trials, in end order; best = highest best_val (validation accuracy) so far. Target = random's final best "
@@ -173,9 +173,10 @@ def table(args, rows: list[dict], walls: dict[str, float], command: str) -> list
                      f"{r['seconds']:.0f} | {r['reached']}/{r['seeds']} | {r['epochs_to']:.0f} | "
                      f"{r['fraction']:.2f} | {r['seconds_to']:.0f} |")
     lines += ["", "Wall seconds per command (method/seed): "
-              + ", ".join(f"{k} {v:.0f}" for k, v in walls.items()) + ".",
+              + ", ".join(f"{k} {v:.0f}" if v == v else f"{k} stopped early (its ended trials only)"
+                          for k, v in walls.items()) + ".",
               "Plot: perf/hpo_efficiency.png (best so far against epochs, top, and trial seconds, bottom)."]
-    return lines
+    return lines + (["", args.note] if args.note else [])
 
 
 def main() -> None:
@@ -192,6 +193,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/hpo-efficiency"))
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
     parser.add_argument("--plot", type=Path, default=HERE / "hpo_efficiency.png")
+    parser.add_argument("--note", help="a paragraph appended to the section (e.g. how the runs were split)")
     parser.add_argument("--report-only", action="store_true", help="write the table from --workdir's folders")
     args = parser.parse_args()
     command = " ".join(["python perf/hpo_efficiency.py", *sys.argv[1:]])
@@ -209,6 +211,8 @@ def main() -> None:
             if (folder / "done").exists():
                 walls[f"{method}/{seed}"] = wall or float((folder / "done").read_text())
                 print(f"{method} seed {seed}: {walls[f'{method}/{seed}']:.0f} s", flush=True)
+            elif args.report_only and (folder / "mlflow.db").exists():  # stopped early: its ended trials count
+                walls[f"{method}/{seed}"] = float("nan")
     data: dict[str, dict[str, list[list]]] = {}
     for key in walls:
         method, seed = key.split("/")
