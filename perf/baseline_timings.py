@@ -1,7 +1,8 @@
 """Baseline timings (issue 16, item 4): per-trial wall time, test accuracy and peak RSS of the estimator baselines,
 each fit in a fresh process. `logreg-before` is the fit before CSR (dense split from load_split, saga, tol 1e-4,
 max_iter 1000); the others run the trial's own fitter (benchmark/estimator_fit.py: CSR split) with the model's
-search-space defaults plus --set overrides.
+search-space defaults plus --set overrides (`logreg-l1`: one-vs-rest liblinear, `logreg-l1-saga`: the multinomial
+saga fit it replaced).
 
     .venv/bin/python perf/baseline_timings.py --store /tmp/zheng.zarr --runs logreg-before,logreg-l1,xgboost
     .venv/bin/python perf/baseline_timings.py --store S.zarr --runs logreg-l1 --set C=0.5 --repeats 3
@@ -51,6 +52,7 @@ def _trial(store, model: str, overrides: dict) -> float:
 
 
 RUNS = {"logreg-before": ("logreg", {"penalty": "l1"}), "logreg-l1": ("logreg", {"penalty": "l1"}),
+        "logreg-l1-saga": ("logreg", {"penalty": "l1", "solver": "saga"}),
         "logreg-l2": ("logreg", {"penalty": "l2"}), "xgboost": ("xgboost", {}), "majority": ("majority", {}),
         "knn": ("knn", {}), "random_forest": ("random_forest", {})}
 
