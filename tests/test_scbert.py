@@ -106,7 +106,7 @@ def test_a_pretraining_checkpoint_loads_into_the_backbone_and_its_sizes_are_pinn
 
 def test_frozen_blocks_do_not_change_trained_ones_do_and_the_checkpoint_holds_what_trained(checkpoint):
     folder, _ = checkpoint
-    config = {"pretrained": str(folder), "unfreeze_layers": [1], **FIT}
+    config = {"pretrained": str(folder), "unfreeze_blocks": "1", **FIT}
     model, _ = built(config, STORE_GENES)
     before = {k: v.clone() for k, v in model.named_parameters()}
     optimizer = torch.optim.SGD(model.param_groups(config), lr=1.0)
@@ -148,7 +148,8 @@ def test_the_loss_is_divided_by_accumulation():
     ("pretrained=0123456789abcdef0123456789abcdef", "0123456789abcdef0123456789abcdef"),
     ("dim=64", "another size"),
     ("min_vocab_coverage=0.99", "min_vocab_coverage"),
-    ("unfreeze_layers=7", "unfreeze_layers"),
+    ("unfreeze_layers=-1", "unfreeze_layers"),
+    ("unfreeze_blocks=1,5", "blocks 0..1"),
     ("accumulation=0", "accumulation"),
 ])
 def test_bad_pretrained_input_is_one_line_and_exit_2(setting, says, cli, pbmc_store, tmp_path):

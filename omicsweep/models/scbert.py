@@ -16,14 +16,15 @@ the worker) reads module.pt (its hash checked) and the vocabulary; `build` opens
 The featuriser hands the model a cell's counts over the store's genes ("counts"); the model gathers them onto
 the vocabulary (store genes absent from it dropped, vocabulary genes absent from the store zero), then bins them
 as `datasets.tokens.expression_tokens` does (1e4 per cell over the vocabulary's genes, log2(1 + x), capped at 5:
-scBERT normalised after mapping onto its 16,906 genes; values below 0, a scaled store's, count as 0). Doing the mapping in the model keeps `predict`, the pyfunc
-and every caller of the featuriser unchanged: they hand it the training store's genes.
+scBERT normalised after mapping onto its 16,906 genes; values below 0, a scaled store's, count as 0). Doing the
+mapping in the model keeps `predict`, the pyfunc and every caller of the featuriser unchanged: they hand it the
+training store's genes.
 
 Head (scBERT's `Identity`): Conv2d(1, 1, (1, dim)) -> ReLU -> flatten -> Linear(seq, 512) -> ReLU -> Dropout ->
 Linear(512, 128) -> ReLU -> Dropout -> Linear(128, classes), seq = vocabulary + 1 (the appended position).
-Trained: the head, the final LayerNorm (scBERT trained it too) and the blocks `unfreeze_layers` names: N = the
-last N blocks (0: a frozen backbone), a list (or "blocks:i,j") = those block indices (scBERT: [4] of 6, its
-5th; the re-evaluation: 1, the last). A checkpoint of a pretrained model holds only what it trained (and the
+Trained: the head, the final LayerNorm (scBERT trained it too) and the blocks `unfreeze_layers` N names, the last N
+(0: a frozen backbone; the re-evaluation: 1, the last), or `unfreeze_blocks` lists by index (scBERT: [4] of 6,
+its 5th). A checkpoint of a pretrained model holds only what it trained (and the
 buffers): the frozen weights are re-read from the pinned pretraining checkpoint when it is built.
 """
 
@@ -115,7 +116,8 @@ class ScBertClassifier(nn.Module):
         for name, param in backbone.named_parameters():
             param.requires_grad = _trained_name(name, self.trained_blocks)
         # a pretrained backbone's frozen weights stay in its checkpoint, not in every trial's (load_priors reads them)
-        self.frozen = [f"backbone.{n}" for n, p in backbone.named_parameters() if not p.requires_grad] if drop_frozen else []
+        frozen = [f"backbone.{n}" for n, p in backbone.named_parameters() if not p.requires_grad]
+        self.frozen = frozen if drop_frozen else []
         self.register_load_state_dict_post_hook(_tolerate_frozen)
 
     def forward(self, counts: torch.Tensor) -> torch.Tensor:
@@ -162,10 +164,15 @@ def _tolerate_frozen(module: ScBertClassifier, incompatible) -> None:
                                     if not any(k == f or k.endswith("." + f) for f in frozen)]
 
 
-def trained_blocks(value: Any, depth: int) -> list[int]:
-    """`unfreeze_layers` as block indices: N = the last N blocks; a list or "blocks:i,j" = those blocks."""
-    if isinstance(value, str) and value.strip().lower().startswith("blocks:"):
-        value = [v for v in value.split(":", 1)[1].split(",") if v.strip()]
+def trained_blocks(config: dict[str, Any], depth: int) -> list[int]:
+    """The trained blocks: `unfreeze_blocks` (block indices: a list, one index or "i,j"; each must exist) when set,
+    else `unfreeze_layers` N = the last N blocks (all of them for N >= depth, so a searched N fits any checkpoint;
+    a list there is block indices too)."""
+    value, key = config.get("unfreeze_blocks"), "unfreeze_blocks"
+    if is_none(value):
+        value, key = config.get("unfreeze_layers", 1), "unfreeze_layers"
+    elif not isinstance(value, (list, tuple)):
+        value = [v for v in str(value).strip("[] ").split(",") if v.strip()]
     try:
         if isinstance(value, (list, tuple)):
             blocks = sorted({int(v) for v in value})
@@ -173,14 +180,12 @@ def trained_blocks(value: Any, depth: int) -> list[int]:
             count = 0 if value is None else int(value)
             if count < 0 or count != float(value):
                 raise ValueError
-            if count > depth:
-                raise ConfigError(f"config unfreeze_layers={value!r}: the backbone has {depth} blocks")
             blocks = list(range(max(0, depth - count), depth))
     except (TypeError, ValueError):
-        raise ConfigError(f"config unfreeze_layers={value!r}: expected a whole number of last blocks >= 0, a list of "
-                          f"block indices or 'blocks:i,j'") from None
+        expected = "block indices" if key == "unfreeze_blocks" else "a whole number of last blocks >= 0"
+        raise ConfigError(f"config {key}={value!r}: expected {expected}") from None
     if any(b < 0 or b >= depth for b in blocks):
-        raise ConfigError(f"config unfreeze_layers={value!r}: the backbone has blocks 0..{depth - 1}")
+        raise ConfigError(f"config {key}={value!r}: the backbone has blocks 0..{depth - 1}")
     return blocks
 
 
@@ -353,7 +358,8 @@ def _gene2vec(config: dict[str, Any], sizes: dict[str, Any], genes) -> Any:
         return None
     from omicsweep.models.performer import load_priors as performer_priors
 
-    return performer_priors({**config, **sizes}, Task(n_features=len(genes), n_classes=1, genes=tuple(genes)))["gene2vec"]
+    task = Task(n_features=len(genes), n_classes=1, genes=tuple(genes))
+    return performer_priors({**config, **sizes}, task)["gene2vec"]
 
 
 def build(config: dict[str, Any], task: Task) -> ScBertClassifier:
@@ -370,7 +376,7 @@ def build(config: dict[str, Any], task: Task) -> ScBertClassifier:
         backbone.load_state_dict(state)
     return ScBertClassifier(backbone, gene_index(genes, vocabulary), task.n_classes,
                             dropout=float(config.get("dropout") or 0.0),
-                            trained_blocks=trained_blocks(config.get("unfreeze_layers", 1), int(sizes["depth"])),
+                            trained_blocks=trained_blocks(config, int(sizes["depth"])),
                             drop_frozen=state is not None)
 
 
