@@ -36,7 +36,7 @@ def default_block_rows(store) -> int:
     store's row chunk, as a store of the first layout decodes a whole chunk for any of its rows. Four, measured on
     the label-sorted 100k benchmark store (buffers of 8 row chunks): 128-row blocks take 1.3x less CPU per cell
     than 64-row ones (a block's reads decode its two end chunks' rows of its neighbours too) and mix batches to
-    94% of random label entropy (64 rows: 98%; the goal is 90%)."""
+    92-94% of random label entropy (64 rows: 98%; the goal is 90%)."""
     chunk = getattr(store, "x_chunk_rows", None)
     if not chunk or chunk >= store.rows_per_chunk:
         return int(store.rows_per_chunk)
