@@ -102,14 +102,13 @@ def _fine_tuned_scbert(store_path, *, epochs: int):
     entry = get_model("scbert")
     space = load_space(entry.space_file)
     config = {**space.defaults, **space.tiny, "seed": 0, "dim": 16, "depth": 2, "heads": 2, "dim_head": 8,
-              "nb_features": 16, "unfreeze_layers": 1, "lr": 3e-3}
+              "nb_features": 16, "unfreeze_layers": 1, "lr": 3e-3,
+              # without gene identity in the keys, the attention a gene receives follows its expression token
+              "gene_embedding": "none"}
     task = Task(n_features=len(genes), n_classes=len(store.classes), genes=tuple(genes))
     config.update(entry.prepare(config, task)[0])
     model = entry.build(config, task)
-    # gene_embedding: none, by hand: scbert.backbone_sizes reads the string "none" as unset (is_none) and builds a
-    # learned embedding (reported to its owner); without gene identity in the keys, the attention a gene receives
-    # follows its expression token
-    model.backbone.gene_emb = None
+    assert model.backbone.gene_emb is None
     raw = ExpressionTransform(False, np.zeros(len(genes)), np.ones(len(genes)), scaling="none")
     x, y = split_csr(store, "train", raw)
     optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config["lr"])

@@ -208,3 +208,12 @@ def _logged_runs(runs, checkpoint_folder, models):
         recorder.end_trial(model, status="FINISHED")
         recorder.end_sweep(status="FINISHED", summary={})
     return [recorder.trial_runs[model] for model in models]
+
+
+def test_gene_embedding_none_builds_a_backbone_without_gene_embedding():
+    # "none" is a value of gene_embedding (no gene identity in the tokens), not an unset size
+    from omicsweep.models.scbert import backbone_sizes
+
+    config = {"gene_embedding": "none", "dim": 16, "depth": 1}
+    assert backbone_sizes(config, None)["gene_embedding"] == "none"
+    assert backbone_sizes({"gene_embedding": None}, None)["gene_embedding"] != "none"

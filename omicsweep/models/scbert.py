@@ -287,10 +287,10 @@ def backbone_sizes(config: dict[str, Any], pretrain_config: dict[str, Any] | Non
     """The backbone's sizes: the checkpoint's (a config value that differs is a ConfigError), else the config's
     over UNTRAINED_SIZES. attention and redraw_every may differ from the pretraining run's."""
     if pretrain_config is None:
-        return {k: config[k] if not is_none(config.get(k)) else UNTRAINED_SIZES[k] for k in BACKBONE_KEYS}
+        return {k: config[k] if _is_set(config, k) else UNTRAINED_SIZES[k] for k in BACKBONE_KEYS}
     sizes = {k: pretrain_config.get(k, UNTRAINED_SIZES[k]) for k in BACKBONE_KEYS}
     clashes = [f"{k}={config[k]!r} (checkpoint: {sizes[k]!r})" for k in SIZE_KEYS
-               if not is_none(config.get(k)) and str(config[k]) != str(sizes[k])]
+               if _is_set(config, k) and str(config[k]) != str(sizes[k])]
     if clashes:
         raise ConfigError(f"config {', '.join(clashes)}: the pretraining checkpoint is of another size; leave the "
                           "sizes unset (they come from the checkpoint)")
@@ -298,6 +298,11 @@ def backbone_sizes(config: dict[str, Any], pretrain_config: dict[str, Any] | Non
         if not is_none(config.get(key)):
             sizes[key] = config[key]
     return sizes
+
+
+def _is_set(config: dict[str, Any], key: str) -> bool:
+    """A size the config gives; gene_embedding's "none" is a value (no gene embedding), not an unset size."""
+    return config.get(key) is not None if key == "gene_embedding" else not is_none(config.get(key))
 
 
 # ---- prepare, priors, build --------------------------------------------------------------------------------------
