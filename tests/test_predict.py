@@ -29,6 +29,19 @@ def test_normalize_auto_turns_counts_into_cp10k_log1p_for_a_log_model():
     assert normalize(counts, "auto", trained_kind="counts")[1] == "none"
 
 
+def test_an_h5ad_with_a_dense_x_is_read_as_csr_and_normalised(tmp_path):
+    # a dense X (many h5ad files) crashed predict in value_kind ('memoryview' object has no attribute 'size')
+    import anndata as ad
+
+    from omicsweep.benchmark.predict import read_input
+
+    path = tmp_path / "dense.h5ad"
+    ad.AnnData(X=np.array([[1.0, 3.0], [0.0, 5.0]], dtype=np.float32)).write_h5ad(path)
+    _, matrix, genes, name = read_input(path, layer=None, use_raw=False)
+    assert sp.issparse(matrix) and name == "X" and len(genes) == 2
+    assert normalize(matrix, "auto", trained_kind="log")[1] == "cp10k-log1p"
+
+
 def _best(out, model):
     table = pl.read_parquet(out / "leaderboard.parquet")
     return table.filter(pl.col("model") == model)["best_run_id"][0]

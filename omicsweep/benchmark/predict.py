@@ -226,10 +226,11 @@ def predict_cells(trained: TrainedModel, aligned: sp.csr_matrix) -> Prediction:
 
 
 def read_input(path: Path, *, layer: str | None, use_raw: bool):
-    """An h5ad (or AnnData zarr) file and its chosen matrix and gene names."""
+    """An h5ad (or AnnData zarr) file and its chosen matrix (CSR float32, finite: checked as ingest checks) and gene
+    names."""
     import anndata as ad
 
-    from omicsweep.datasets.ingest import select_matrix
+    from omicsweep.datasets.ingest import select_matrix, validate_matrix
 
     path = Path(path)
     if not path.exists():
@@ -239,7 +240,7 @@ def read_input(path: Path, *, layer: str | None, use_raw: bool):
     except Exception as exc:  # h5py/anndata raise many types for a file that is not AnnData
         raise InputError(f"{path}: not a readable h5ad/AnnData zarr ({type(exc).__name__}: {exc})") from None
     matrix, genes, matrix_name = select_matrix(adata, layer=layer, use_raw=use_raw, source=str(path))
-    return adata, matrix, list(map(str, genes)), matrix_name
+    return adata, validate_matrix(matrix, f"{path} ({matrix_name})"), list(map(str, genes)), matrix_name
 
 
 @dataclass
