@@ -233,3 +233,25 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def test_attention_received_is_the_same_when_the_model_scores_a_batch_in_chunks():
+    # scbert scores without gradients in chunks of eval_elements / (seq x dim) cells (19 at scBERT's size): the
+    # hook then sees one call per chunk and layer, which must be joined per layer, not stacked
+    import scipy.sparse as sp
+
+    from omicsweep.models import Task, get_model
+    from omicsweep.models.featurise import run_model
+
+    entry = get_model("scbert")
+    genes = tuple(f"G{i}" for i in range(30))
+    config = {"seed": 0, "pretrained": "none", "dim": 8, "depth": 2, "heads": 2, "dim_head": 4, "nb_features": 8}
+    task = Task(n_features=len(genes), n_classes=3, genes=genes)
+    model = entry.build(config, task).eval()
+    rows = sp.random(10, len(genes), density=0.3, format="csr", random_state=0, dtype=np.float32) * 5
+    inputs = entry.featurise(rows, list(genes), None)
+    whole = attention_received(model, lambda: run_model(model, inputs))
+    model.eval_elements = 3 * model.backbone.seq_len * model.backbone.dim  # chunks of 3 cells
+    chunked = attention_received(model, lambda: run_model(model, inputs))
+    assert chunked.shape == whole.shape == (10, model.backbone.seq_len)
+    assert torch.allclose(chunked, whole, atol=1e-6)

@@ -44,10 +44,11 @@ def check_explainable(model: torch.nn.Module, name: str) -> None:
 def attention_received(model: torch.nn.Module, run, *, chunk: int = 1024) -> torch.Tensor:
     """(b, n): the attention each position receives during `run()` (one forward of `model`), summed over queries,
     averaged over heads and over every Attention module the forward went through (layers, ensemble members)."""
-    sums: list[torch.Tensor] = []
+    sums: dict[int, list[torch.Tensor]] = {}  # per Attention module: one part per forward call (a model may score
+    # a batch in chunks of cells), joined along the batch below
 
     def hook(module: Attention, args):
-        sums.append(module.column_sums(args[0], chunk=chunk).float().mean(dim=1))
+        sums.setdefault(id(module), []).append(module.column_sums(args[0], chunk=chunk).float().mean(dim=1))
 
     handles = [m.register_forward_pre_hook(hook) for m in attention_modules(model)]
     try:
@@ -57,7 +58,7 @@ def attention_received(model: torch.nn.Module, run, *, chunk: int = 1024) -> tor
             handle.remove()
     if not sums:
         raise InputError("the model's forward went through none of its attention layers")
-    return torch.stack(sums).mean(dim=0)
+    return torch.stack([torch.cat(parts) for parts in sums.values()]).mean(dim=0)
 
 
 def position_genes(model: torch.nn.Module, n_positions: int, n_genes: int) -> np.ndarray:
