@@ -239,7 +239,8 @@ def main() -> None:
     parser.add_argument("--report-from", type=Path,
                         help="write the table from the per-mode result lines a run printed (a run stopped early)")
     args = parser.parse_args()
-    command = " ".join(["python perf/driver_scale.py", *sys.argv[1:]])
+    shown = [a for i, a in enumerate(sys.argv[1:]) if a != "--note" and sys.argv[i:i + 1] != ["--note"]]
+    command = " ".join(["python perf/driver_scale.py", *shown])
     if args.quick:
         args.trials = 64
     if args.report_from:

@@ -196,7 +196,8 @@ def main() -> None:
     parser.add_argument("--note", help="a paragraph appended to the section (e.g. how the runs were split)")
     parser.add_argument("--report-only", action="store_true", help="write the table from --workdir's folders")
     args = parser.parse_args()
-    command = " ".join(["python perf/hpo_efficiency.py", *sys.argv[1:]])
+    shown = [a for i, a in enumerate(sys.argv[1:]) if a != "--note" and sys.argv[i:i + 1] != ["--note"]]
+    command = " ".join(["python perf/hpo_efficiency.py", *shown])
     if args.quick:
         args.trials, args.seeds, args.pbmc3k_seeds, args.epochs = 4, 1, 1, 2
     args.workdir.mkdir(parents=True, exist_ok=True)
