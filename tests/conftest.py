@@ -156,3 +156,14 @@ def load_registered(run_folder, name: str, version: int = 1):
         return mlflow.pyfunc.load_model(f"models:/{name}/{version}")
     finally:
         mlflow.set_tracking_uri(previous)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models on a shared 2-core machine: a second torch thread only adds contention (10x slower here)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -226,14 +226,6 @@ def test_explain_writes_the_ranking_and_its_overlap_and_logs_the_plot(tmp_path, 
                           "model mlp: has no attention")
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models on a shared 2-core machine: a second torch thread only adds contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_attention_received_is_the_same_when_the_model_scores_a_batch_in_chunks():
     # scbert scores without gradients in chunks of eval_elements / (seq x dim) cells (19 at scBERT's size): the

@@ -91,14 +91,6 @@ def test_trial_reports_metrics_checkpoints_and_is_deterministic(name, kind, requ
     assert strip(results) == strip(again), "same seed on CPU must give the same metrics"
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models on a shared 2-core machine: a second torch thread only adds contention (10x slower here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _tiny_config(name: str) -> dict:
     space = load_space(get_model(name).space_file)
