@@ -46,6 +46,27 @@ def test_documented_deepspeed_settings_are_accepted(tmp_path):
     assert load_deepspeed_config(str(path)) == settings  # the file as written: DeepSpeed reads it itself
 
 
+def test_a_lock_left_by_a_killed_extension_build_is_refused_before_any_worker_waits_on_it(tmp_path, monkeypatch):
+    # a DeepSpeed CPU trial builds its shm_comm op on first use under torch's file lock; a build killed midway
+    # leaves the lock, and every later trial then waited on it forever (a two-worker ZeRO-2 trial hung)
+    import os
+    import time
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
+    lock = tmp_path / "ext" / "py311_cpu" / "deepspeed_shm_comm" / "lock"
+    lock.parent.mkdir(parents=True)
+    lock.touch()
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"zero_optimization": {"stage": 2}}))
+    assert load_deepspeed_config(str(path))  # a lock this fresh is a build in progress
+    old = time.time() - 3600
+    os.utime(lock, (old, old))
+    with pytest.raises(ConfigError) as info:
+        load_deepspeed_config(str(path))
+    message = str(info.value)
+    assert "\n" not in message and str(lock) in message and "delete" in message, message
+
+
 def test_sweep_with_unknown_deepspeed_key_exits_2_naming_file_and_key(cli, tmp_path, pbmc_store):
     bad = tmp_path / "ds.json"
     bad.write_text(json.dumps({"zero_optimization": {"stage": 2, "contiguous_gradient": True}}))

@@ -227,7 +227,27 @@ def load_deepspeed_config(path: str) -> dict[str, Any]:
     if not isinstance(steps, int) or steps < 1:
         raise ConfigError(f"--deepspeed {path}: gradient_accumulation_steps must be a positive integer")
     _check_deepspeed_keys(ds, path)
+    check_extension_locks()
     return ds
+
+
+STALE_BUILD_LOCK_S = 900  # a CPU build of DeepSpeed's shm_comm op takes about 2 minutes on 2 busy cores
+
+
+def check_extension_locks(max_age_s: float = STALE_BUILD_LOCK_S) -> None:
+    """Refuse a lock that a killed torch C++ extension build left (DeepSpeed builds its CPU ops on first use under
+    torch's file lock): every DeepSpeed trial of this machine would wait on it forever."""
+    import os
+    import time
+
+    from torch.utils.cpp_extension import get_default_build_root
+
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+    for lock in sorted(root.glob("*/*/lock")):
+        age = time.time() - lock.stat().st_mtime
+        if age > max_age_s:
+            raise ConfigError(f"{lock}: a lock left by a killed C++ extension build ({age / 60:.0f} min old); "
+                              f"DeepSpeed trials would wait on it forever: delete {lock.parent} (rebuilt on first use)")
 
 
 # the top-level keys DeepSpeed 0.19 reads (runtime/config.py and its sub-configs; tests check each is a string of
