@@ -98,7 +98,7 @@ def sweep(
 ) -> None:
     """Sweep models over a dataset with Ray Tune + Optuna (TPE by default) + ASHA, tracked in MLflow; print the
     leaderboard."""
-    from omicsweep.benchmark.plan import SweepOptions, build_plan
+    from omicsweep.benchmark.plan import SweepOptions
 
     if resume is not None:
         options = SweepOptions.load(resume, address=address)
@@ -111,16 +111,17 @@ def sweep(
             max_failures=max_failures, inject_faults=inject_faults, searcher=searcher, scheduler=scheduler,
             optuna_storage=optuna_storage,
         )
-    _resolve_run_ids(options)
-    run_plan(build_plan(options, resuming=resume is not None))
+    run_plan(_plan(options, resuming=resume is not None))
 
 
-def _resolve_run_ids(options) -> None:
-    """A model config's RUN_ID (scbert's `pretrained`) is looked up in this sweep's tracking store."""
+def _plan(options, *, resuming: bool = False):
+    """The plan of `options`, a model config's RUN_ID (scbert's `pretrained`) looked up in its tracking store."""
+    from omicsweep.benchmark.plan import build_plan
     from omicsweep.models.scbert import set_run_resolver
     from omicsweep.reports.pretrained import resolver
 
     set_run_resolver(resolver(options.runs, options.tracking_uri))
+    return build_plan(options, resuming=resuming)
 
 
 @user_errors
@@ -141,14 +142,13 @@ def train(
 
     It is a sweep with nothing to search: one MLflow parent run with one child, one leaderboard row.
     """
-    from omicsweep.benchmark.plan import SweepOptions, build_plan
+    from omicsweep.benchmark.plan import SweepOptions
 
     options = SweepOptions(
         dataset=dataset, model=model, seed=seed, metric=metric, space=space, runs=runs, tracking_uri=tracking_uri,
         address=address, cpus_per_trial=cpus_per_trial, ensemble=ensemble, settings=list(set_), fixed=True,
     )
-    _resolve_run_ids(options)
-    plan = build_plan(options)
+    plan = _plan(options)
     outcome, = run_plan(plan)
     err_console.print(
         f"{outcome.dataset}/{outcome.model}: {'finished' if outcome.trials_finished else 'FAILED'} in "
