@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(VENV)/bin/omicsweep sweep --dataset pbmc68k --model mlp,logreg,majority,random --trials 16 --concurrency 2 --seed 0
 
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=25
 
 clean:
 	rm -rf $(VENV) omicsweep-runs .pytest_cache
