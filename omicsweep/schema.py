@@ -23,6 +23,7 @@ COMMAND_TAG = "omicsweep.command"  # TRAIN_COMMAND on the runs of `omicsweep tra
 TRAIN_COMMAND = "train"
 SEARCHER_TAG = "omicsweep.searcher"  # on a sweep's parent run: the --searcher (none where nothing is searched)
 SCHEDULER_TAG = "omicsweep.scheduler"  # on a sweep's parent run: the --scheduler
+VARIANT_TAG = "omicsweep.variant"  # on a sweep's parent run: its --vary KEY=VALUE (absent: not varied)
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: a trial's sweep
 
 # ---- tags on trial and seed re-run runs ------------------------------------------------------------------------
@@ -64,11 +65,13 @@ MLM_ACCURACY = "val_mlm_accuracy"
 MLM_BASELINE_ACCURACY = "val_mlm_baseline_accuracy"  # each val cell's most common visible non-zero bin
 PRETRAIN_COMMAND = "pretrain"  # COMMAND_TAG on the runs of `omicsweep pretrain`
 PRETRAINED_PARAM = "pretrained"  # a fine-tuned model's pretraining (RUN_ID | PATH | none): its leaderboard row's variant
+BACKBONE_FROM_PARAM = "backbone_from"  # the checkpoint whose vocabulary and sizes a `pretrained: none` network takes
 THROUGHPUT_KEYS = ("train_tokens_per_s", "train_cells_per_s", "train_gpu_memory_mb")  # timings: never compared
 RERUN_SEED_KEY = "omicsweep.rerun_seed"  # in a Tune config: train with this seed instead of the context's
 
 # ---- artifacts -------------------------------------------------------------------------------------------------
 CHECKPOINT_ARTIFACTS = "checkpoint"  # a trial's run: its best checkpoint, with the store's genes and classes
+BUNDLE_ARTIFACTS = "bundle"  # an exported model's copies of what it reads beyond its checkpoint (scbert's backbone)
 RERUN_PREDICTIONS = "predictions"  # a seed re-run's run: its best checkpoint's test predictions
 PLOTS_ARTIFACTS = "plots"  # a run's report figures
 # files of a checkpoint folder

@@ -28,7 +28,6 @@ from ray.tune import Callback
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
-from omicsweep.benchmark.resume import sweep_key
 from omicsweep.benchmark.scheduler_state import RungLog
 from omicsweep.errors import SweepInterrupted
 
@@ -239,7 +238,7 @@ class PairSweep:
 
     @property
     def key(self) -> str:
-        return sweep_key(self.request.dataset, self.request.model)
+        return self.request.key  # DATASET/MODEL, with the --vary value: each variant is a pair of its own
 
     @property
     def remaining(self) -> int:
@@ -382,7 +381,7 @@ def run_grid(requests: list, recorders: list, progresses: list) -> list:
                 _close(pair, started)
     return [SweepOutcome(model=p.request.model, dataset=p.request.dataset, trials_finished=p.tracker.finished,
                          trials_failed=p.tracker.failed, wall_time_s=(p.tracker.ended or time.time()) - started,
-                         overheads_s=p.tracker.overheads) for p in pairs]
+                         overheads_s=p.tracker.overheads, variant=p.request.variant) for p in pairs]
 
 
 def _interrupted(pairs: list[PairSweep]) -> str:

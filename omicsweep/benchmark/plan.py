@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from omicsweep.benchmark.sweep import SweepOutcome, SweepRequest
 from omicsweep.errors import ConfigError, InputError
-from omicsweep.schema import COMMAND_TAG, TRAIN_COMMAND
+from omicsweep.schema import COMMAND_TAG, TRAIN_COMMAND, VARIANT_TAG
 
 DEFAULT_RUNS = Path("omicsweep-runs")
 
@@ -44,6 +44,7 @@ class SweepOptions:
     reruns: int = 3  # seed re-runs of each model's best configuration (0: none)
     ensemble: int | None = None
     settings: list[str] = field(default_factory=list)  # --set KEY=VALUE pairs
+    vary: str | None = None  # --vary KEY=V1,V2: each model knowing KEY swept once per value (benchmark/variants.py)
     workers_per_trial: int = 1
     gpus_per_trial: float = 0.0
     storage: str | None = None
@@ -124,10 +125,12 @@ class Plan:
             say(f"{key}: finished before, kept as it is")
         if not self.requests:
             return []
-        recorders = [recorder_factory() for _ in self.requests]
-        recorders = [TaggedRecorder(r, self.tags) if self.tags else r for r in recorders]
+        recorders = []
+        for request in self.requests:
+            tags = {**self.tags, **({VARIANT_TAG: request.variant} if request.variant else {})}
+            recorders.append(TaggedRecorder(recorder_factory(), tags) if tags else recorder_factory())
         suffix = " (train)" if self.options.fixed else ""
-        labels = [(r.n_trials, f"{r.dataset}/{r.model}{suffix}") for r in self.requests]
+        labels = [(r.n_trials, f"{r.key}{suffix}") for r in self.requests]
         with ray_session(address=self.options.address, num_cpus=local_cpus(self.options)):
             with progress_factory(labels) as progresses:
                 outcomes = run_grid(self.requests, recorders, progresses)
@@ -141,7 +144,8 @@ def outcome_line(outcome: SweepOutcome) -> str:
     overhead = "-"
     if outcome.overheads_s:  # the first trial on a worker starts a process; later ones reuse it
         overhead = f"first {outcome.overheads_s[0]:.1f}s, median {statistics.median(outcome.overheads_s):.1f}s"
-    return (f"{outcome.dataset}/{outcome.model}: {outcome.trials_finished} finished, {outcome.trials_failed} failed, "
+    variant = f"[{outcome.variant}]" if outcome.variant else ""
+    return (f"{outcome.dataset}/{outcome.model}{variant}: {outcome.trials_finished} finished, {outcome.trials_failed} failed, "
             f"{outcome.wall_time_s:.1f}s wall; trial start-to-first-epoch overhead {overhead}")
 
 
@@ -203,9 +207,9 @@ def build_plan(options: SweepOptions, *, resuming: bool = False) -> Plan:
         store, metric, spaces, notes, plan.overrides = (_fixed_spaces if options.fixed else _sweep_spaces)(
             options, store_path, searcher, several=len(names) > 1)
         plan.notes += [line for line in notes if line not in plan.notes]
-        for model, space in spaces.items():
-            key = sweep_key(dataset_name, model)
-            if key in {sweep_key(r.dataset, r.model) for r in plan.requests}:
+        for model, variant, space in spaces:
+            key = sweep_key(dataset_name, model, variant)
+            if key in {r.key for r in plan.requests}:
                 raise ConfigError(f"--dataset {options.dataset}: two datasets are named {dataset_name}; register "
                                   "one under another name (omicsweep datasets register)")
             previous = state.get(key, {})
@@ -213,12 +217,12 @@ def build_plan(options: SweepOptions, *, resuming: bool = False) -> Plan:
                 plan.kept.append(key)
                 continue
             plan.requests.append(_request(options, dataset_name, store_path, store.fingerprint, model, space, metric,
-                                          previous.get("parent_run_id"), searcher, deepspeed))
+                                          previous.get("parent_run_id"), searcher, deepspeed, variant))
     return plan
 
 
 def _request(options: SweepOptions, dataset: str, store_path, fingerprint: str, model: str, space, metric: str,
-             resume_parent: str | None, searcher: str, deepspeed) -> SweepRequest:
+             resume_parent: str | None, searcher: str, deepspeed, variant: str = "") -> SweepRequest:
     fixed = options.fixed
     return SweepRequest(
         dataset=dataset, store_path=store_path, fingerprint=fingerprint, model=model, space=space,
@@ -228,7 +232,7 @@ def _request(options: SweepOptions, dataset: str, store_path, fingerprint: str, 
         workers_per_trial=options.workers_per_trial, gpus_per_trial=options.gpus_per_trial, deepspeed=deepspeed,
         storage=options.storage, max_failures=options.max_failures, faults=options.inject_faults,
         resume_parent=resume_parent, searcher=searcher, scheduler=options.scheduler,
-        optuna_storage=options.optuna_storage,
+        optuna_storage=options.optuna_storage, variant=variant,
     )
 
 
@@ -241,10 +245,12 @@ def _checked_metric(metric: str) -> str:
 
 
 def _sweep_spaces(options: SweepOptions, store_path, searcher: str, *, several: bool = False):
-    """The models that fit the store's task, each with its space, --ensemble and --set values fixed, prepared. In a
-    grid of `several` datasets a named model that does not fit this store's task is left out of its pairs."""
+    """The models that fit the store's task, as (model, variant, space) with --ensemble and --set values fixed,
+    prepared; a model knowing the --vary key once per value. In a grid of `several` datasets a named model that
+    does not fit this store's task is left out of its pairs."""
     from omicsweep.benchmark.searchers import searcher_notes
-    from omicsweep.benchmark.space import load_space, sweep_settings, with_fixed
+    from omicsweep.benchmark.space import load_space, with_fixed
+    from omicsweep.benchmark.variants import parse_vary, varied_spaces
     from omicsweep.datasets import open_store
     from omicsweep.models import models_for_task
 
@@ -260,8 +266,10 @@ def _sweep_spaces(options: SweepOptions, store_path, searcher: str, *, several: 
         spaces = {e.name: with_fixed(spaces[e.name], {"ensemble": options.ensemble}) if e.family == "torch"
                   else spaces[e.name] for e in entries}
     metric = _checked_metric(options.metric or store.default_metric)  # before any model's prepare reads files
-    spaces, notes = sweep_settings(entries, spaces, options.settings, store)
-    return store, metric, spaces, left_out + notes + searcher_notes(searcher, spaces), ""
+    vary = parse_vary(options.vary, options.settings)
+    pairs, notes = varied_spaces(entries, spaces, options.settings, vary, store)
+    searched = {f"{model}[{variant}]" if variant else model: space for model, variant, space in pairs}
+    return store, metric, pairs, left_out + notes + searcher_notes(searcher, searched), ""
 
 
 def _models_fitting(options: SweepOptions, store, store_path) -> tuple[SweepOptions, list[str]]:
@@ -303,4 +311,4 @@ def _fixed_spaces(options: SweepOptions, store_path, searcher: str, *, several: 
     spaces, notes = prepared_spaces([entry], {entry.name: fixed_space(base, overrides)}, store)
     check_config(entry, {**spaces[entry.name].defaults, "seed": options.seed}, store_task(store))
     changed = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "none"
-    return store, metric, spaces, notes, changed
+    return store, metric, [(entry.name, "", spaces[entry.name])], notes, changed

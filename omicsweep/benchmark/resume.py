@@ -121,8 +121,9 @@ def load_options(run_folder: Path) -> dict[str, Any]:
     return options
 
 
-def sweep_key(dataset: str, model: str) -> str:
-    return f"{dataset}/{model}"
+def sweep_key(dataset: str, model: str, variant: str = "") -> str:
+    """A sweep's name in the run folder's state and the grid: DATASET/MODEL, or DATASET/MODEL[KEY=VALUE] (--vary)."""
+    return f"{dataset}/{model}[{variant}]" if variant else f"{dataset}/{model}"
 
 
 def load_state(run_folder: Path) -> dict[str, dict[str, Any]]:

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from omicsweep.errors import ConfigError
+from omicsweep.errors import ConfigError, InputError
 
 KINDS = ("uniform", "loguniform", "int", "logint", "choice")
 
@@ -225,12 +225,17 @@ def sweep_settings(entries, spaces: dict[str, SearchSpace], pairs: list[str], st
     the search. Then each model's `prepare` checks the files its configuration names against the store and
     pins them into the defaults (e.g. a gene graph's absolute path and content hash).
     """
+    return prepared_spaces(entries, set_values(entries, spaces, pairs), store)
+
+
+def set_values(entries, spaces: dict[str, SearchSpace], pairs: list[str]) -> dict[str, SearchSpace]:
+    """The --set KEY=VALUE pairs fixed in the spaces of the models that know each key (one must)."""
     from omicsweep.benchmark.training import config_keys
 
     spaces = dict(spaces)
     for pair in pairs:
         key = pair.partition("=")[0].strip()
-        knowing = [e for e in entries if key in _known_keys(spaces[e.name], config_keys(e.family))]
+        knowing = [e for e in entries if knows(e, spaces[e.name], key)]
         if not knowing and "=" in pair and key:
             known = set().union(*(_known_keys(spaces[e.name], config_keys(e.family)) for e in entries))
             raise ConfigError(f"--set {key}: no model of this sweep ({', '.join(e.name for e in entries)}) has that "
@@ -238,7 +243,14 @@ def sweep_settings(entries, spaces: dict[str, SearchSpace], pairs: list[str], st
         for entry in knowing or entries[:1]:  # no '=': parse_overrides names the problem
             overrides = parse_overrides([pair], spaces[entry.name], shared_keys=config_keys(entry.family))
             spaces[entry.name] = with_fixed(spaces[entry.name], overrides)
-    return prepared_spaces(entries, spaces, store)
+    return spaces
+
+
+def knows(entry, space: SearchSpace, key: str) -> bool:
+    """Whether --set KEY applies to this model: a default, a dimension, a `tiny` key or a shared option of its family."""
+    from omicsweep.benchmark.training import config_keys
+
+    return key in _known_keys(space, config_keys(entry.family))
 
 
 def prepared_spaces(entries, spaces: dict[str, SearchSpace], store) -> tuple[dict[str, SearchSpace], list[str]]:
@@ -251,8 +263,33 @@ def prepared_spaces(entries, spaces: dict[str, SearchSpace], store) -> tuple[dic
         check_space_options(spaces[entry.name], family=entry.family)  # the shared options, once, before any trial
         additions, lines = entry.prepared(dict(spaces[entry.name].defaults), task)
         spaces[entry.name] = with_fixed(spaces[entry.name], additions)
+        _check_searched_pretraining(entry, spaces[entry.name], additions, task)
         notes += lines
     return spaces, notes
+
+
+def _check_searched_pretraining(entry, space: SearchSpace, pinned: dict[str, Any], task) -> None:
+    """A searched `pretrained` choice must build the network the prepared defaults build: its trials get the pins
+    (checkpoint, sizes) of the defaults, so a choice needing others would fail inside its worker. Each choice is
+    prepared here, on the defaults with that value, and must pin nothing new (a ConfigError now, exit 2)."""
+    from omicsweep.schema import BACKBONE_FROM_PARAM, PRETRAINED_PARAM
+
+    dims = [d for d in space.dimensions if d.name == PRETRAINED_PARAM and d.kind == "choice"]
+    if not dims or entry.prepare is None:
+        return
+    for value in dims[0].args:
+        try:
+            additions, _ = entry.prepared({**space.defaults, PRETRAINED_PARAM: value}, task)
+        except (ConfigError, InputError) as exc:
+            reason = str(exc)
+        else:
+            changed = [k for k, v in additions.items() if str(pinned.get(k, space.defaults.get(k))) != str(v)]
+            if not changed:
+                continue
+            reason = f"it would pin other {', '.join(changed)} than the defaults"
+        raise ConfigError(f"{space.path}: {entry.name} searches {PRETRAINED_PARAM} over {list(dims[0].args)}, but "
+                          f"{PRETRAINED_PARAM}={value} does not build the defaults' network ({reason}); set "
+                          f"{BACKBONE_FROM_PARAM}=CHECKPOINT (--set) so every choice builds on one checkpoint")
 
 
 def _known_keys(space: SearchSpace, shared_keys: tuple[str, ...]) -> set[str]:

@@ -56,10 +56,17 @@ class SweepRequest:
     searcher: str = DEFAULT_SEARCHER  # an Optuna sampler by name: benchmark/searchers.py SEARCHERS
     scheduler: str = DEFAULT_SCHEDULER  # asha | none (FIFO: every trial to max_epochs)
     optuna_storage: str | None = None  # RDB URL of the sweep's Optuna study; default SQLite in the run folder
+    variant: str = ""  # --vary KEY=VALUE: this model's sweep of one value (its own pair, parent run and re-runs)
 
     @property
     def n_trials(self) -> int:
         return self.space.n_trials(self.trials)
+
+    @property
+    def key(self) -> str:
+        from omicsweep.benchmark.resume import sweep_key
+
+        return sweep_key(self.dataset, self.model, self.variant)
 
 
 @dataclass
@@ -70,6 +77,7 @@ class SweepOutcome:
     trials_failed: int
     wall_time_s: float
     overheads_s: list[float] = field(default_factory=list)
+    variant: str = ""  # the request's --vary KEY=VALUE
 
 
 def check_address(address: str | None) -> None:
@@ -247,10 +255,10 @@ def _open_sweep(request: SweepRequest, recorder: Recorder, context: TrialContext
                 name: str) -> tuple[SweepHistory | None, str]:
     """Start the sweep's parent run, or reopen an interrupted one; note it in the run folder's state.
     Returns the resumed history (None for a fresh sweep) and the parent run's id."""
-    from omicsweep.benchmark.resume import SweepHistory, sweep_key, update_state
+    from omicsweep.benchmark.resume import SweepHistory, update_state
     from omicsweep.benchmark.searchers import scheduler_settings
 
-    key = sweep_key(request.dataset, request.model)
+    key = request.key
     if request.resume_parent:
         history = SweepHistory(request.resume_parent, recorder.resume_sweep(request.resume_parent))
         update_state(request.run_folder, key, status="running", resumed=True)

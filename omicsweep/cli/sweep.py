@@ -71,6 +71,10 @@ def sweep(
                                "(0: none)"),
     ensemble: Ensemble = None,
     set_: Settings = [],
+    vary: Optional[str] = typer.Option(
+        None, help="KEY=V1,V2: sweep each model that knows KEY once per value, each its own sweep (searcher, ASHA, "
+        "--trials, seed re-runs, parent run, leaderboard row), e.g. pretrained=RUN_ID,none; one --vary per sweep",
+    ),
     workers_per_trial: int = typer.Option(
         1, min=1, help="Ray Train workers per torch trial (data parallel, each streams its own shard of the store)",
     ),
@@ -106,7 +110,7 @@ def sweep(
         options = SweepOptions(
             dataset=dataset, model=model, trials=trials, concurrency=concurrency, seed=seed, metric=metric,
             space=space, max_epochs=max_epochs, runs=runs, tracking_uri=tracking_uri, address=address,
-            cpus_per_trial=cpus_per_trial, reruns=reruns, ensemble=ensemble, settings=list(set_),
+            cpus_per_trial=cpus_per_trial, reruns=reruns, ensemble=ensemble, settings=list(set_), vary=vary,
             workers_per_trial=workers_per_trial, gpus_per_trial=gpus_per_trial, storage=storage, deepspeed=deepspeed,
             max_failures=max_failures, inject_faults=inject_faults, searcher=searcher, scheduler=scheduler,
             optuna_storage=optuna_storage,

@@ -29,7 +29,7 @@ from omicsweep.schema import (
     CHECKPOINT_ARTIFACTS, COMMAND_TAG, DATASET_TAG, DEGENERATE_METRIC, ERROR_TAG, FINGERPRINT_TAG, METRIC_TAG,
     MLM_ACCURACY, MLM_BASELINE_ACCURACY, MLM_LOSS, MODEL_TAG, PARENT_TAG, PREDICTIONS_FILE, PRETRAINED_PARAM, RERUN_OF_TAG, RERUN_PREDICTIONS, RERUN_ROLE, ROLE_TAG, SCHEDULER_TAG,
     SEARCH_METRIC, SEARCHER_TAG, SEED_TAG, SWEEP_ROLE, TEST_PREFIX, TRAIN_COMMAND, TRAINING_SETUP_TAG, TRIAL_ID_TAG,
-    TRIAL_ROLE, VAL_PREFIX,
+    TRIAL_ROLE, VAL_PREFIX, VARIANT_TAG,
 )
 
 PREDICTION_FILES = tuple(f"{folder}/{PREDICTIONS_FILE}" for folder in (CHECKPOINT_ARTIFACTS, RERUN_PREDICTIONS))
@@ -105,7 +105,8 @@ def _section_key(run) -> tuple[str, str, str]:
 
 def _row_key(owner, run=None) -> tuple[str, str, str, str]:
     """(model, train | sweep, training setup, searcher/scheduler): sweeps that differ in any of them are rows apart.
-    A model with a `pretrained` setting is a row per variant: 'scbert (pretrained)', 'scbert (no pretraining)'."""
+    A model with a `pretrained` setting is a row per variant: 'scbert (pretrained)', 'scbert (no pretraining)'; a
+    sweep of `--vary KEY=VALUE` (another key) is the row 'model (KEY=VALUE)'."""
     tags = owner.data.tags
     kind = "train" if tags.get(COMMAND_TAG) == TRAIN_COMMAND else "sweep"
     search = f"{tags.get(SEARCHER_TAG, 'tpe')}/{tags.get(SCHEDULER_TAG, 'asha')}" if kind == "sweep" else ""
@@ -113,6 +114,9 @@ def _row_key(owner, run=None) -> tuple[str, str, str, str]:
     value = (run or owner).data.params.get(PRETRAINED_PARAM, owner.data.params.get(f"default.{PRETRAINED_PARAM}"))
     if value is not None:  # the run's own value (a searched choice), else its sweep's fixed one
         model = f"{model} ({'no pretraining' if value.strip().lower() in ('none', '') else 'pretrained'})"
+    variant = tags.get(VARIANT_TAG)
+    if variant and variant.partition("=")[0] != PRETRAINED_PARAM:
+        model = f"{model} ({variant})"
     return model, kind, tags.get(TRAINING_SETUP_TAG, ""), search
 
 
