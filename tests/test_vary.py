@@ -89,13 +89,14 @@ def test_one_sweep_is_the_pretraining_ablation(ray_session, cli, pbmc_store, tmp
     from omicsweep.reports.tracking import _client, default_tracking_uri
 
     genes = list(map(str, open_store(pbmc_store).genes()))
-    folder, _ = write_checkpoint(tmp_path / "ckpt", genes[::2], depth=1)
+    folder, _ = write_checkpoint(tmp_path / "ckpt", genes[::8], depth=1)  # a 96-gene vocabulary: short sequences
     runs = tmp_path / "run"
     code, stdout, stderr = cli("sweep", "--dataset", "pbmc68k", "--model", "scbert,majority", "--vary",
                                f"pretrained={folder},none", "--trials", "1", "--reruns", "1", "--max-epochs", "1",
                                "--set", "batch_size=64", "--runs", runs)
     assert code == 0, stdout + stderr
-    assert "takes backbone_from" in stderr and "scbert[pretrained=none]" in stderr
+    assert "takes backbone_from" in stderr and "scbert[pretrained=none]: 1 finished" in stderr
+    assert "pbmc68k/scbert[pretrained=none]  running" in stderr  # the progress bar names its variant
     client = _client(default_tracking_uri(runs))
     parents = client.search_runs([e.experiment_id for e in client.search_experiments()],
                                  filter_string="tags.`omicsweep.role` = 'sweep'")
@@ -108,3 +109,22 @@ def test_one_sweep_is_the_pretraining_ablation(ray_session, cli, pbmc_store, tmp
     code, stdout, stderr = cli("sweep", "--resume", runs)
     assert code == 0, stdout + stderr
     assert "scbert[pretrained=none]: finished before" in stderr and f"scbert[pretrained={folder}]" in stderr
+
+
+def test_leaderboard_labels_a_varied_key_as_model_key_value():
+    """A sweep tagged with its --vary value is a row apart: 'mlp (lr=0.01)'; a `pretrained` variant keeps the
+    existing labels (from the param). The runs are MLflow's run records as the leaderboard reads them (tags,
+    params): a tracking store costs ~20 s here, and the real sweep above covers the pretrained rows end to end."""
+    from types import SimpleNamespace
+
+    from omicsweep.reports.leaderboard import _role_of, _row_key
+
+    def sweep(model, variant, **params):
+        tags = {"omicsweep.model": model, "omicsweep.variant": variant}
+        return SimpleNamespace(data=SimpleNamespace(tags=tags, params=params))
+
+    assert _row_key(sweep("mlp", "lr=0.01"))[0] == "mlp (lr=0.01)"
+    assert _row_key(sweep("scbert", "pretrained=none", **{"default.pretrained": "none"}))[0] == \
+        "scbert (no pretraining)"
+    assert _row_key(sweep("scbert", "pretrained=/ckpt", **{"default.pretrained": "/ckpt"}))[0] == "scbert (pretrained)"
+    assert _role_of("mlp (lr=0.01)") == "model"

@@ -39,7 +39,9 @@ class PairBar:
     """The bar of one sweep: `update(tracker)` is the sweep's progress protocol (benchmark/sweep_tracking.py)."""
 
     def __init__(self, progress, total: int, label: str) -> None:
-        self.progress, self.label = progress, label
+        from rich.markup import escape
+
+        self.progress, self.label = progress, escape(label)  # a --vary label's [KEY=VALUE] is no rich style tag
         self.task = progress.add_task(label, total=total)
 
     def update(self, tracker) -> None:
