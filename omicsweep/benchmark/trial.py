@@ -82,8 +82,20 @@ def _number(value: float) -> str:
 
 
 def trial_config(context: TrialContext, sampled: dict[str, Any]) -> dict[str, Any]:
-    """The full configuration a trial runs: model defaults overridden by the sampled values."""
-    return {**context.defaults, **sampled, "seed": context.seed}
+    """The full configuration a trial runs: model defaults overridden by the sampled values, then the model's
+    `resolve` (ModelEntry) of the choices that depend on the data, e.g. logreg's `solver: auto` by the training
+    split's size, so the params the driver records and the trial's fit agree (the store opened only if needed)."""
+    from omicsweep.models import get_model
+
+    config = {**context.defaults, **sampled, "seed": context.seed}
+    entry = get_model(context.model)
+
+    def open_store():
+        from omicsweep.datasets.open import open_store
+
+        return entry.featurised_store(open_store(context.store_path, fold=config.get("fold")), config)
+
+    return entry.resolved(config, open_store)
 
 
 def execute_trial(

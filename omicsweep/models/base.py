@@ -65,6 +65,10 @@ class ModelEntry:
     # genes), called when the task has none; a model caches them per process, so `prepare`'s read is the only one
     # on the driver and ensemble members share one read
     load_priors: Callable[[dict[str, Any], Task], dict[str, Any]] | None = None
+    # optional: resolve(config, open_store) -> config, a trial's configuration with a choice that depends on the
+    # data made concrete (logreg's `solver: auto` by the training split's size); `open_store()` gives the store
+    # the trial reads. benchmark.trial.trial_config runs it, so the run's params name what the trial fitted with
+    resolve: Callable[[dict[str, Any], Callable[[], Any]], dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         if self.load_priors is not None:
@@ -85,6 +89,10 @@ class ModelEntry:
     def prepared(self, config: dict[str, Any], task: Task) -> tuple[dict[str, Any], list[str]]:
         """(config additions, notes) from `prepare`, or nothing to add for a model without one."""
         return self.prepare(config, task) if self.prepare is not None else ({}, [])
+
+    def resolved(self, config: dict[str, Any], open_store: Callable[[], Any]) -> dict[str, Any]:
+        """`resolve`'s configuration, or `config` itself for a model without one."""
+        return self.resolve(config, open_store) if self.resolve is not None else config
 
     @property
     def space_file(self) -> Path:
