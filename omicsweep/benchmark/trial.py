@@ -187,10 +187,9 @@ def with_resources(report: Callable) -> Callable:
     train_s is the fitter's time inside its fit loop so far (an estimator: its epoch's time) and
     trial_overhead_s the rest of the wall time: data opening, the transform, checkpoints, test scoring, reports.
     CPU seconds are this process's user+system time since the wrapper was made (torch's threads included);
-    peak memory is the process's high-water mark (ru_maxrss), an upper bound when a worker is reused.
+    peak memory is the process's resident high-water mark since then (`peak_rss_mb`).
     """
     import resource
-    import sys
     import time
 
     def cpu_seconds() -> float:
@@ -198,7 +197,7 @@ def with_resources(report: Callable) -> Callable:
         return usage.ru_utime + usage.ru_stime
 
     started, cpu_started = time.perf_counter(), cpu_seconds()
-    kib = 1 / 1024 if sys.platform != "darwin" else 1 / 1024**2  # ru_maxrss: KiB on Linux, bytes on macOS
+    peak_mb = peak_rss_meter()
     epochs_s = [0.0]  # a fitter that reports no train_s (an estimator): its epochs' time is its training
 
     def wrapped(metrics: dict[str, Any], files=None) -> None:
@@ -211,11 +210,34 @@ def with_resources(report: Callable) -> Callable:
             TRIAL_OVERHEAD: wall - train_s,
             "trial_wall_s": wall,
             "cpu_s": cpu_seconds() - cpu_started,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kib,
+            "peak_rss_mb": peak_mb(),
         }
         report(metrics, files)
 
     return wrapped
+
+
+def peak_rss_meter() -> Callable[[], float]:
+    """A function giving this process's peak resident MB from now on. Linux: the high-water mark (VmHWM) is reset
+    to the current RSS here (`echo 5 > /proc/self/clear_refs`), so a reused Ray worker's earlier, larger trial
+    is not this trial's peak; elsewhere, or where the reset is refused, the lifetime peak (ru_maxrss, an upper
+    bound when a worker is reused)."""
+    import resource
+    import sys
+
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+
+        def vm_hwm() -> float:
+            with open("/proc/self/status") as fh:
+                return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) / 1024
+
+        vm_hwm()
+        return vm_hwm
+    except (OSError, StopIteration, ValueError):
+        kib = 1 / 1024 if sys.platform != "darwin" else 1 / 1024**2  # ru_maxrss: KiB on Linux, bytes on macOS
+        return lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kib
 
 
 def _local_device(context: TrialContext):
