@@ -280,15 +280,15 @@ def _check_searched_pretraining(entry, space: SearchSpace, pinned: dict[str, Any
     for value in dims[0].args:
         try:
             additions, _ = entry.prepared({**space.defaults, PRETRAINED_PARAM: value}, task)
-        except (ConfigError, InputError) as exc:
-            reason = str(exc)
+        except (ConfigError, InputError) as exc:  # e.g. the checkpoint's sizes against the defaults' pinned ones
+            reason = str(exc) if len(str(exc)) <= 100 else f"{str(exc)[:97]}..."
         else:
             changed = [k for k, v in additions.items() if str(pinned.get(k, space.defaults.get(k))) != str(v)]
             if not changed:
                 continue
             reason = f"it would pin other {', '.join(changed)} than the defaults"
         raise ConfigError(f"{space.path}: {entry.name} searches {PRETRAINED_PARAM} over {list(dims[0].args)}, but "
-                          f"{PRETRAINED_PARAM}={value} does not build the defaults' network ({reason}); set "
+                          f"{PRETRAINED_PARAM}={value} needs another checkpoint or sizes than the defaults pin ({reason}); set "
                           f"{BACKBONE_FROM_PARAM}=CHECKPOINT (--set) so every choice builds on one checkpoint")
 
 
