@@ -125,8 +125,9 @@ def _load_model(entry, config: dict[str, Any], task, folder: Path) -> Any:
     return load_estimator(folder / state_file(kind), kind)  # skops, or the class's own format (xgboost's UBJSON)
 
 
-def load_trained_model(folder: Path, model: str) -> TrainedModel:
-    """Rebuild the registered model `model` from a checkpoint folder, for the Task its trial trained on."""
+def load_trained_model(folder: Path, model: str, *, bundle: Path | None = None) -> TrainedModel:
+    """Rebuild the registered model `model` from a checkpoint folder, for the Task its trial trained on; `bundle`:
+    the files it reads outside the checkpoint, from `bundle_priors` (an exported model's), instead of their paths."""
     from omicsweep.models import get_model
 
     folder = Path(folder)
@@ -141,6 +142,10 @@ def load_trained_model(folder: Path, model: str) -> TrainedModel:
         transform = ExpressionTransform.from_arrays(arrays)
     entry = get_model(model)
     config = dict(trial.get("config", {}))
+    if bundle is not None:
+        from omicsweep.models.scbert_serving import bundled_config
+
+        config = bundled_config(config, Path(bundle))
     task = trained_task(entry, config, genes, len(classes), value_kind=dataset.get("value_kind"))
     if len(transform.minimum) != task.n_features:
         raise InputError(f"{folder}: transform.npz scales {len(transform.minimum)} features but the {model} run's "
@@ -150,6 +155,27 @@ def load_trained_model(folder: Path, model: str) -> TrainedModel:
         model=_load_model(entry, config, task, folder), config=config, value_kind=dataset.get("value_kind"),
         task=task, featuriser=entry.featurise,  # featurisers that fit state would save it in the checkpoint
     )
+
+
+def bundle_priors(trained: TrainedModel, dest: Path) -> Path | None:
+    """`export`: copies in `dest` of the files a model reads outside its checkpoint when built (a scbert's pinned
+    pretraining checkpoint and vocabulary), for `load_trained_model(bundle=)`; None where it reads none."""
+    if trained.name != "scbert":
+        return None
+    from omicsweep.models.scbert_serving import bundle_backbone
+
+    return bundle_backbone(trained.config, dest)
+
+
+def vocabulary_coverage(trained: TrainedModel, aligned: "Alignment", where: str) -> str | None:
+    """A model over a vocabulary of its own (scbert): how much of it the input's genes cover, through the training
+    store's genes (an InputError below its min_vocab_coverage); None for other models."""
+    if trained.name != "scbert":
+        return None
+    from omicsweep.models.scbert_serving import input_coverage
+
+    missing = set(aligned.missing)
+    return input_coverage(trained.model, np.array([g not in missing for g in trained.genes]), trained.config, where)
 
 
 def check_output(trained: TrainedModel, out: Path) -> None:

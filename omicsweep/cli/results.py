@@ -171,6 +171,9 @@ def _aligned_cells(input: Path, trained, record, matrix, genes, matrix_name: str
     )
     if aligned.present == 0:
         raise InputError(f"{input}: none of the model's {len(trained.genes)} genes are in {matrix_name}'s gene names")
+    vocabulary = prediction.vocabulary_coverage(trained, aligned, input.name)  # scbert: its own genes, through them
+    if vocabulary is not None:
+        console.print(vocabulary, highlight=False)
     return aligned, how
 
 

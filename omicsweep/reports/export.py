@@ -7,7 +7,7 @@ import warnings
 from pathlib import Path
 
 from omicsweep.reports.tracking import download_checkpoint, read_trial_record
-from omicsweep.schema import CHECKPOINT_ARTIFACTS
+from omicsweep.schema import BUNDLE_ARTIFACTS, CHECKPOINT_ARTIFACTS
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 
@@ -37,13 +37,20 @@ def export_model(tracking_uri: str, run_id: str, name: str) -> tuple[str, str]:
     """Log the run's checkpoint as a pyfunc model of that run and register it as `name`; (model URI, version)."""
     import mlflow
 
-    from omicsweep.benchmark.predict import load_trained_model
+    from omicsweep.benchmark.predict import bundle_priors, load_trained_model
 
     record = read_trial_record(tracking_uri, run_id)
     previous = mlflow.get_tracking_uri()
     with tempfile.TemporaryDirectory(prefix="omicsweep-export-") as tmp:
         folder = download_checkpoint(tracking_uri, run_id, Path(tmp))
         trained = load_trained_model(folder, record.model)  # fails here, not at serving time, if it cannot load
+        artifacts = {CHECKPOINT_ARTIFACTS: str(folder)}
+        # what it reads beyond the checkpoint (a scbert's pinned backbone and vocabulary) goes with it; the copies
+        # load here, as they will where it is served
+        bundle = bundle_priors(trained, Path(tmp) / BUNDLE_ARTIFACTS)
+        if bundle is not None:
+            trained = load_trained_model(folder, record.model, bundle=bundle)
+            artifacts[BUNDLE_ARTIFACTS] = str(bundle)
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_registry_uri(tracking_uri)
         try:
@@ -52,7 +59,7 @@ def export_model(tracking_uri: str, run_id: str, name: str) -> tuple[str, str]:
                 info = mlflow.pyfunc.log_model(
                     name="model",
                     python_model=str(PYFUNC_CODE),
-                    artifacts={CHECKPOINT_ARTIFACTS: str(folder)},
+                    artifacts=artifacts,
                     model_config={"model": record.model},
                     signature=model_signature(trained.genes),
                     pip_requirements=pip_requirements(),
