@@ -128,3 +128,28 @@ def test_leaderboard_labels_a_varied_key_as_model_key_value():
         "scbert (no pretraining)"
     assert _row_key(sweep("scbert", "pretrained=/ckpt", **{"default.pretrained": "/ckpt"}))[0] == "scbert (pretrained)"
     assert _role_of("mlp (lr=0.01)") == "model"
+
+
+def test_set_model_dot_key_fixes_the_key_for_that_model_only(pbmc_store, tmp_path):
+    """The ablation's one command needs scbert's lr and epochs without fixing mlp's: --set MODEL.KEY=VALUE."""
+    plan = _plan(pbmc_store, tmp_path, model="mlp,logreg,majority", trials=2, settings=["mlp.lr=0.02"])
+    mlp, logreg = plan.requests[0], plan.requests[1]
+    assert mlp.model == "mlp" and mlp.space.defaults["lr"] == 0.02
+    assert "lr" not in {d.name for d in mlp.space.dimensions}
+    assert "lr" not in logreg.space.defaults  # logreg has no lr; and no other model got it
+    plain = _plan(pbmc_store, tmp_path, model="mlp", trials=2)
+    assert "lr" in {d.name for d in plain.requests[0].space.dimensions}
+
+
+@pytest.mark.parametrize("setting, says", [
+    ("nosuchmodel.lr=1", "nosuchmodel is not a model of this sweep"),
+    ("majority.lr=1", "majority has no key lr"),
+])
+def test_bad_model_dot_key_is_one_line_config_error(setting, says, pbmc_store, tmp_path):
+    with pytest.raises(ConfigError, match=says):
+        _plan(pbmc_store, tmp_path, model="mlp,majority", settings=[setting])
+
+
+def test_train_takes_its_own_model_dot_key(pbmc_store, tmp_path):
+    plan = _plan(pbmc_store, tmp_path, model="mlp", settings=["mlp.lr=0.02"], fixed=True)
+    assert plan.requests[0].space.defaults["lr"] == 0.02

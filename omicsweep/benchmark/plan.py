@@ -298,7 +298,8 @@ def _fixed_spaces(options: SweepOptions, store_path, searcher: str, *, several: 
 
     entry = get_model(options.model)
     base = load_space(options.space or entry.space_file)
-    overrides = parse_overrides(options.settings, base, shared_keys=config_keys(entry.family))
+    own = [s.removeprefix(f"{entry.name}.") for s in options.settings]  # --set MODEL.KEY as in a sweep
+    overrides = parse_overrides(own, base, shared_keys=config_keys(entry.family))
     if options.ensemble is not None:
         if entry.family != "torch":
             raise ConfigError(f"--ensemble applies to torch models, not {entry.name} (family {entry.family})")

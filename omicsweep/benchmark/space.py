@@ -235,6 +235,11 @@ def set_values(entries, spaces: dict[str, SearchSpace], pairs: list[str]) -> dic
     spaces = dict(spaces)
     for pair in pairs:
         key = pair.partition("=")[0].strip()
+        if "." in key:  # MODEL.KEY=VALUE: that model only
+            entry, pair = _scoped(entries, spaces, pair)
+            spaces[entry.name] = with_fixed(spaces[entry.name], parse_overrides(
+                [pair], spaces[entry.name], shared_keys=config_keys(entry.family)))
+            continue
         knowing = [e for e in entries if knows(e, spaces[e.name], key)]
         if not knowing and "=" in pair and key:
             known = set().union(*(_known_keys(spaces[e.name], config_keys(e.family)) for e in entries))
@@ -244,6 +249,19 @@ def set_values(entries, spaces: dict[str, SearchSpace], pairs: list[str]) -> dic
             overrides = parse_overrides([pair], spaces[entry.name], shared_keys=config_keys(entry.family))
             spaces[entry.name] = with_fixed(spaces[entry.name], overrides)
     return spaces
+
+
+def _scoped(entries, spaces: dict[str, SearchSpace], pair: str) -> tuple[Any, str]:
+    """--set MODEL.KEY=VALUE: (the sweep's model MODEL, 'KEY=VALUE'), or a one-line ConfigError."""
+    key, _, value = pair.partition("=")
+    model, _, inner = key.strip().partition(".")
+    entry = next((e for e in entries if e.name == model), None)
+    if entry is None:
+        raise ConfigError(f"--set {key.strip()}: {model} is not a model of this sweep "
+                          f"({', '.join(e.name for e in entries)})")
+    if not knows(entry, spaces[entry.name], inner):
+        raise ConfigError(f"--set {key.strip()}: {model} has no key {inner}")
+    return entry, f"{inner}={value}"
 
 
 def knows(entry, space: SearchSpace, key: str) -> bool:

@@ -49,7 +49,7 @@ def parse_vary(text: str | None, settings: list[str]) -> Vary | None:
     twice = sorted({t for t, p in zip(texts, parsed) if parsed.count(p) > 1})
     if twice:
         raise ConfigError(f"--vary {key}: the value {twice[0]} is given twice; each value is one variant")
-    if any(s.partition("=")[0].strip() == key for s in settings):
+    if any(s.partition("=")[0].strip().rpartition(".")[2] == key for s in settings):  # KEY or MODEL.KEY
         raise ConfigError(f"--vary {key} and --set {key}: give the key in one of them (--set fixes it, --vary sweeps "
                           "each value)")
     return Vary(key, texts)

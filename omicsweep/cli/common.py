@@ -39,7 +39,8 @@ Ensemble = Annotated[Optional[int], typer.Option(
     "--ensemble", min=1, help="members per torch model trial (seeds seed..seed+N-1, probabilities averaged; one row)")]
 Settings = Annotated[list[str], typer.Option(
     "--set", help="KEY=VALUE fixed over the model's defaults, out of the search (repeatable; in a sweep it applies "
-    "to the models that know KEY), e.g. --set lr=1e-3 or --set graph=../shared/data/string_v12_human_ppi")]
+    "to the models that know KEY; MODEL.KEY=VALUE to one model only), e.g. --set lr=1e-3, --set scbert.lr=1e-3 or "
+    "--set graph=../shared/data/string_v12_human_ppi")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="replace an existing store")]
 RunId = Annotated[str, typer.Option("--run", help="MLflow run id of a trained trial (see the leaderboard's best_run_id)")]
 
