@@ -304,6 +304,7 @@ def _fit(pairs: list[PairSweep], experiment: str, *, concurrency: int) -> None:
     from ray import tune
 
     from omicsweep.benchmark.sweep import SEARCH_METRIC, sweep_storage, trial_resources
+    from omicsweep.benchmark.sweep_tracking import tune_loggers
 
     first = pairs[0].request
     searcher = PairSearcher({p.key: _pair_searcher(p) for p in pairs}, {p.key: p.remaining for p in pairs},
@@ -314,13 +315,14 @@ def _fit(pairs: list[PairSweep], experiment: str, *, concurrency: int) -> None:
         tune_config=tune.TuneConfig(
             metric=SEARCH_METRIC, mode="max", search_alg=searcher,
             scheduler=PairScheduler({p.key: _pair_scheduler(p) for p in pairs}, rung_log=_rung_log(pairs)),
-            num_samples=sum(p.remaining for p in pairs),
+            num_samples=sum(p.remaining for p in pairs), max_concurrent_trials=concurrency,  # Tune stages this many
             # a finished trial's worker takes the next one (no per-trial process start); a distributed
             # trial's Tune actor only waits on its Train run, so a fresh one is as cheap and cleaner
             reuse_actors=not any(p.context.distributed for p in pairs),
         ),
         run_config=tune.RunConfig(
-            name=experiment, storage_path=sweep_storage(first), callbacks=[PairCallback({p.key: p.tracker for p in pairs})],
+            name=experiment, storage_path=sweep_storage(first),
+            callbacks=[PairCallback({p.key: p.tracker for p in pairs}), *tune_loggers()],
             verbose=0, checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=first.max_failures),
         ),
@@ -348,14 +350,17 @@ def _close(pair: PairSweep, started: float) -> None:
     update_state(pair.request.run_folder, pair.key, status=pair.status.lower())
 
 
-def run_grid(requests: list, recorders: list, progresses: list) -> list:
+def run_grid(requests: list, recorders: list, progresses: list, *, queued: bool = True) -> list:
     """Run every (dataset, model) sweep of `requests` in one Tuner in the current Ray session, then each one's seed
     re-runs; returns one SweepOutcome per request. Each pair keeps its own parent run, searcher, scheduler,
     budget and resume record, as if it had run alone."""
+    from omicsweep.benchmark.recorder_queue import QueuedRecorder, TrackingWriter
     from omicsweep.benchmark.sweep import SweepOutcome, quiet_logs
     from omicsweep.benchmark.sweep_reruns import record_seed_reruns
 
     quiet_logs()
+    writer = TrackingWriter() if queued else None  # trial writes off Tune's loop, all in the store on return
+    recorders = [QueuedRecorder(r, writer) for r in recorders] if writer else recorders
     experiment = _experiment_name(requests)
     pairs: list[PairSweep] = []
     started = time.time()
@@ -376,9 +381,13 @@ def run_grid(requests: list, recorders: list, progresses: list) -> list:
             pair.status = "FINISHED"
             _close(pair, started)
     finally:
-        for pair in pairs:
-            if not pair.closed:
-                _close(pair, started)
+        try:
+            for pair in pairs:
+                if not pair.closed:
+                    _close(pair, started)
+        finally:
+            if writer is not None:
+                writer.close()
     return [SweepOutcome(model=p.request.model, dataset=p.request.dataset, trials_finished=p.tracker.finished,
                          trials_failed=p.tracker.failed, wall_time_s=(p.tracker.ended or time.time()) - started,
                          overheads_s=p.tracker.overheads, variant=p.request.variant) for p in pairs]
