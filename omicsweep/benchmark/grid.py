@@ -315,7 +315,7 @@ def _fit(pairs: list[PairSweep], experiment: str, *, concurrency: int) -> None:
         tune_config=tune.TuneConfig(
             metric=SEARCH_METRIC, mode="max", search_alg=searcher,
             scheduler=PairScheduler({p.key: _pair_scheduler(p) for p in pairs}, rung_log=_rung_log(pairs)),
-            num_samples=sum(p.remaining for p in pairs), max_concurrent_trials=concurrency,  # Tune stages this many
+            num_samples=sum(p.remaining for p in pairs),
             # a finished trial's worker takes the next one (no per-trial process start); a distributed
             # trial's Tune actor only waits on its Train run, so a fresh one is as cheap and cleaner
             reuse_actors=not any(p.context.distributed for p in pairs),
