@@ -18,6 +18,7 @@ from omicsweep.datasets.resample import (
     smote_resample,
 )
 from omicsweep.datasets.batch_gather import (
+    DenseBuffers,
     DeviceDensifier,
     GatherBuffer,
     HostDensifier,
@@ -232,7 +233,8 @@ class CellBatches(IterableDataset):
         if self.shuffle:
             take = np.random.default_rng([self.seed, self.epoch, index]).permutation(take)
         labels = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
-        return GatherBuffer([p[0] for p in parts], labels, take, self.store.n_genes, scratch)
+        values = None if self._host_densify is None else self._host_densify.transform_values  # once per buffer
+        return GatherBuffer([p[0] for p in parts], labels, take, self.store.n_genes, scratch, values)
 
     def _buffers(self, plan: list[tuple[int, np.ndarray]], repeats: list[np.ndarray] | None = None):
         from concurrent.futures import ThreadPoolExecutor
@@ -253,7 +255,7 @@ class CellBatches(IterableDataset):
                     yield current
                 yield pending.result()
 
-    def _emit(self, matrix: sp.csr_matrix, labels: np.ndarray):
+    def _emit(self, matrix: sp.csr_matrix, labels: np.ndarray, out: DenseBuffers):
         if self.output == "csr":
             return matrix, labels.astype(np.int64)
         if self.featurise is not None:
@@ -261,7 +263,8 @@ class CellBatches(IterableDataset):
         if self._densify is not None:
             return self._densify(matrix), torch.from_numpy(labels.astype(np.int64)).to(self._densify.device)
         if self._host_densify is not None:
-            return torch.from_numpy(self._host_densify(matrix)), torch.from_numpy(labels.astype(np.int64))
+            dense = self._host_densify(matrix, out.get(matrix.shape), transformed=True)
+            return torch.from_numpy(dense), torch.from_numpy(labels.astype(np.int64))
         dense = self.transform(matrix.toarray().astype(np.float32, copy=False))
         return torch.from_numpy(dense), torch.from_numpy(labels.astype(np.int64))
 
@@ -282,6 +285,7 @@ class CellBatches(IterableDataset):
         targets = iter(sizes if sizes is not None else ())
         size = next(targets, 0) if sizes is not None else self.batch_size
         carry_x, carry_y = None, None  # fewer rows than the batch being filled, from the previous buffers
+        out = DenseBuffers()  # this pass's reused dense arrays (host dense output)
         for buffer in buffers:
             start = 0
             while size and len(buffer) - start >= size - (0 if carry_y is None else len(carry_y)):
@@ -290,7 +294,7 @@ class CellBatches(IterableDataset):
                 if carry_y is not None:
                     x, y = sp.vstack([carry_x, x], format="csr"), np.concatenate([carry_y, y])
                     carry_x, carry_y = None, None
-                yield self._emit(x, y)
+                yield self._emit(x, y, out)
                 start = stop
                 size = next(targets, 0) if sizes is not None else self.batch_size
             if not size:
@@ -302,7 +306,7 @@ class CellBatches(IterableDataset):
                 else:
                     carry_x, carry_y = sp.vstack([carry_x, rest_x], format="csr"), np.concatenate([carry_y, rest_y])
         if sizes is None and carry_y is not None and len(carry_y) >= self.min_batch:
-            yield self._emit(carry_x, carry_y)
+            yield self._emit(carry_x, carry_y, out)
 
 
 class ArrayBatches:
