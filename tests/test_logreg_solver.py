@@ -52,7 +52,7 @@ def test_trial_config_names_the_solver_auto_chose(tiny_store):
     assert trial_config(tight, {"penalty": "l1"})["solver"] == "saga"
 
 
-@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # saga in 50 epochs
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # saga in 10 epochs
 def test_a_trial_over_the_budget_fits_saga_and_its_checkpoint_says_so(tiny_store, tmp_path, one_thread):
     from sklearn.linear_model import LogisticRegression
 
@@ -60,7 +60,7 @@ def test_a_trial_over_the_budget_fits_saga_and_its_checkpoint_says_so(tiny_store
     from omicsweep.models.estimator_state import load_estimator, state_file
 
     got = {}
-    context = _context(tiny_store, liblinear_budget_mb=1e-6, max_iter=50)
+    context = _context(tiny_store, liblinear_budget_mb=1e-6, max_iter=10)
     execute_trial(context, {"penalty": "l1", "C": 1.0}, lambda m, f: got.update(metrics=m, files=f))
     for name, write in got["files"].items():
         write(str(tmp_path / name))
@@ -84,3 +84,16 @@ def test_the_sweeps_logreg_trials_record_a_concrete_solver(swept):
     for run in logreg:
         expected = {"l1": "liblinear", "l2": "lbfgs"}[run.data.params["penalty"]]  # pbmc68k: small
         assert run.data.params["solver"] == expected
+
+
+@pytest.mark.parametrize("resample", ["none", "over", "under"])
+def test_training_nnz_is_the_resampled_split_the_fit_sees(tiny_store, resample):
+    from omicsweep.datasets.resample import resample_arrays
+    from omicsweep.datasets.split_matrix import split_csr
+    from omicsweep.datasets.transform import fit_transform_on_train
+    from omicsweep.models.linear import training_nnz
+
+    config = {"resample": resample, "seed": 3}
+    x, y = split_csr(tiny_store, "train", fit_transform_on_train(tiny_store, "minmax"))
+    x, _ = resample_arrays(x, y, config, seed=3)  # as estimator_fit resamples the training split
+    assert training_nnz(tiny_store, config) == x.nnz
