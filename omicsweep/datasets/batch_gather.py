@@ -112,8 +112,8 @@ class HostDensifier:
     operations on the same values), without transforming the zeros again for every cell. The stream transforms a
     shuffle buffer's values once (`transform_values`, in its decoding thread) and hands batches of transformed
     values (transformed=True) and a reused output array (`DenseBuffers`). The dense array is written in tiles of
-    about TILE_BYTES (zero-row fill, then the tile's non-zeros while it is still in cache): 1.5-2x less CPU than
-    filling all 20 MB of a 256 x 20k batch first (perf/RESULTS.md, dense path)."""
+    about TILE_BYTES (zero-row fill, then the tile's non-zeros while it is still in cache; 1.1-1.7x less CPU than
+    filling all 20 MB of a 256 x 20k batch first). The fill is most of what is left: perf/RESULTS.md, dense path."""
 
     TILE_BYTES = 1 << 20
     CHUNK = 1 << 16  # values transformed at a time
