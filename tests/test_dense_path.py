@@ -59,3 +59,10 @@ def test_reused_arrays_are_never_those_of_a_batch_still_held(tiny_store):
     assert len(pointers) <= 5 < len(expected)  # reused: the loop's two, the two viewed, the last (smaller) batch's
     for i, view in views:
         np.testing.assert_allclose(view.numpy(), expected[i][:, 3:9], rtol=1e-6, atol=1e-6)
+
+
+def test_csr_output_is_untransformed_even_with_a_transform(tiny_store):
+    transform = fit_transform_on_train(tiny_store, "zscore")
+    given = CellBatches(tiny_store, "train", transform=transform, output="csr", **COMMON)
+    for (m, _), (raw, _) in zip(given, CellBatches(tiny_store, "train", transform=None, output="csr", **COMMON)):
+        assert (m != raw).nnz == 0

@@ -150,7 +150,8 @@ class CellBatches(IterableDataset):
         self.threads = max(1, int(threads))
         self._densify = DeviceDensifier(transform, device) if device is not None and featurise is None else None
         known = isinstance(transform, ExpressionTransform) and transform.scaling in ("minmax", "zscore", "none")
-        self._host_densify = HostDensifier(transform) if known and device is None and featurise is None else None
+        host = known and output == "dense" and device is None and featurise is None  # csr: values as stored
+        self._host_densify = HostDensifier(transform) if host else None
         self._local_rows = block_rows_of_split(store.split_indices(split), store.n_cells, self.block_rows)
         self._labels = store.labels()
         self.n_cells = int(sum(len(r) for r in self._local_rows))
