@@ -4,7 +4,7 @@ leaderboard. `train` is the same plan with one fixed configuration."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -53,6 +53,14 @@ class PairBar:
         )
 
 
+Vary = Annotated[Optional[str], typer.Option(
+    "--vary", help="KEY=V1,V2: sweep each model that knows KEY once per value, each its own sweep (searcher, ASHA, "
+    "--trials, seed re-runs, parent run, leaderboard row), e.g. pretrained=RUN_ID,none; one --vary per sweep")]
+DeepSpeedConfig = Annotated[Optional[Path], typer.Option(
+    "--deepspeed", help="DeepSpeed JSON config (ZeRO stage, bf16/fp16, gradient_accumulation_steps): torch trials "
+    "train with DeepSpeed in Ray Train workers")]
+
+
 @user_errors
 def sweep(
     dataset: str = typer.Option("pbmc68k", help="dataset name or store path, comma-separated names, or "
@@ -73,10 +81,7 @@ def sweep(
                                "(0: none)"),
     ensemble: Ensemble = None,
     set_: Settings = [],
-    vary: Optional[str] = typer.Option(
-        None, help="KEY=V1,V2: sweep each model that knows KEY once per value, each its own sweep (searcher, ASHA, "
-        "--trials, seed re-runs, parent run, leaderboard row), e.g. pretrained=RUN_ID,none; one --vary per sweep",
-    ),
+    vary: Vary = None,
     workers_per_trial: int = typer.Option(
         1, min=1, help="Ray Train workers per torch trial (data parallel, each streams its own shard of the store)",
     ),
@@ -84,10 +89,7 @@ def sweep(
     storage: Optional[str] = typer.Option(
         None, help="Ray results and checkpoints: a path shared by all nodes or an s3:// URL (default: run folder)",
     ),
-    deepspeed: Optional[Path] = typer.Option(
-        None, help="DeepSpeed JSON config (ZeRO stage, bf16/fp16, gradient_accumulation_steps): torch trials train "
-        "with DeepSpeed in Ray Train workers",
-    ),
+    deepspeed: DeepSpeedConfig = None,
     max_failures: int = typer.Option(0, min=0, help="retries of a trial that raises or dies before it counts as FAILED"),
     resume: Optional[Path] = typer.Option(
         None, help="run folder of an interrupted sweep: finish it with its own options (finished trials are kept)",
