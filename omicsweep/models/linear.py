@@ -55,9 +55,22 @@ def resolve(config: dict[str, Any], open_store: Callable[[], Any]) -> dict[str, 
     return {**config, "solver": l1_solver(training_nnz(open_store(), config), budget)}
 
 
+_NNZ: dict[tuple, int] = {}  # (store fingerprint, fold, resampling, seed, target) -> training non-zeros
+
+
 def training_nnz(store, config: dict[str, Any]) -> int:
     """The non-zeros of the training split the fit will see: resampled (over, under) as estimator_fit does, with
-    the same counts; smote counted as over (its new rows are about as dense as the ones they are drawn from)."""
+    the same counts; smote counted as over (its new rows are about as dense as the ones they are drawn from).
+    Computed once per store, fold and resampling in a process: every trial's config resolves through it, on the
+    driver and in the worker, and the count reads the whole store's row pointers."""
+    key = (store.fingerprint, config.get("fold"), resample_option(config), int(config.get("seed", 0)),
+           repr(resample_target(config)))
+    if key not in _NNZ:
+        _NNZ[key] = _training_nnz(store, config)
+    return _NNZ[key]
+
+
+def _training_nnz(store, config: dict[str, Any]) -> int:
     rows = store.split_indices("train")
     row_nnz = np.diff(np.asarray(store.indptr, dtype=np.int64))[rows]
     method = resample_option(config)
